@@ -1,0 +1,1 @@
+"""Real-time features: their definitions, the Feast repository, and online-store writers."""

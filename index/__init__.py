@@ -1,0 +1,1 @@
+"""Nearest-neighbour indexes over item embeddings (FAISS CPU/GPU, exact torch search)."""

@@ -1,0 +1,1 @@
+"""Learned models: the two-tower retrieval model and the bandit rerankers (torch-only imports)."""

@@ -1,0 +1,1 @@
+"""Batch side: reading the archive, training sets, retraining, evaluation."""

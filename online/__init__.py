@@ -1,0 +1,1 @@
+"""The serving API: recommendations, HTTP ingest, health and metrics."""

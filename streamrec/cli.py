@@ -1,0 +1,184 @@
+"""The `streamrec` command line. Every command reads the same STREAMREC_* settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from streamrec.errors import StreamrecError
+from streamrec.settings import Settings, get_settings
+
+app = typer.Typer(help="streamrec: a streaming real-time personalization engine.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+features_app = typer.Typer(help="The Feast feature repository.", no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print their figures.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+app.add_typer(topics_app, name="topics")
+app.add_typer(bench_app, name="bench")
+
+log = logging.getLogger("streamrec")
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.callback()
+def _main() -> None:
+    _setup_logging(get_settings())
+
+
+@app.command()
+def config() -> None:
+    """Print the effective settings (and the variable that sets each)."""
+    s = get_settings()
+    for name, info in Settings.model_fields.items():
+        typer.echo(f"STREAMREC_{name.upper()}={getattr(s, name)}    # {info.description}")
+
+
+@app.command()
+def broker() -> None:
+    """Run the embedded Kafka-protocol broker (tansu, memory only, loopback) until stopped."""
+    from streams.broker import EmbeddedBroker
+    from streams.topics import ensure_topics
+
+    s = get_settings()
+    b = EmbeddedBroker(s.embedded_broker_port).start()
+    try:
+        ensure_topics(b.bootstrap, [s.events_topic, s.dlq_topic], s.topic_partitions)
+        typer.echo(f"broker ready on {b.bootstrap}; topics {s.events_topic}, {s.dlq_topic}."
+                   " Ctrl-C stops it (its data lives in memory only).")
+        b.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        b.stop()
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the events and dead-letter topics if missing (idempotent)."""
+    from streams.topics import ensure_topics
+
+    s = get_settings()
+    ensure_topics(s.bootstrap, [s.events_topic, s.dlq_topic], s.topic_partitions)
+    typer.echo(f"topics {s.events_topic}, {s.dlq_topic} present on {s.bootstrap}")
+
+
+@app.command()
+def worker(
+    idle_exit: Annotated[float | None, typer.Option(
+        help="Exit after this many seconds without messages (scripted runs).")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        help="Serve Prometheus metrics on this port.")] = None,
+    stats_out: Annotated[Path | None, typer.Option(
+        help="Write freshness samples as JSON here on exit (benchmarks).")] = None,
+) -> None:
+    """Run one stream worker (start one per partition to scale out)."""
+    from streams.worker import StreamWorker, install_signal_handlers
+
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1")
+    w = StreamWorker(get_settings(), stats_path=stats_out)
+    install_signal_handlers(w)
+    w.run(idle_exit_s=idle_exit)
+
+
+@app.command()
+def simulate(
+    users: Annotated[int, typer.Option(help="Simulated users.")] = 1000,
+    items: Annotated[int, typer.Option(help="Simulated items.")] = 500,
+    events: Annotated[int, typer.Option(help="Events to produce.")] = 10_000,
+    rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")
+                    ] = 2000.0,
+    seed: Annotated[int, typer.Option(help="Seed of the world and the stream.")] = 0,
+) -> None:
+    """Produce a realistic event stream with a planted ground truth (saved for later stages)."""
+    from streams.simulate import run_simulation
+
+    s = get_settings()
+    sent, _ = run_simulation(s, users=users, items=items, events=events, rate=rate, seed=seed)
+    typer.echo(f"produced {sent} events to {s.events_topic} on {s.bootstrap};"
+               f" world saved to {s.data_dir / 'simulation' / 'world.npz'}")
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register entities and feature views, create the online tables (idempotent)."""
+    from features.repo import apply
+
+    s = get_settings()
+    apply(s)
+    typer.echo(f"feature repository applied: {s.feature_repo_dir} "
+               f"(online store: {'redis' if s.redis_url else 'sqlite'})")
+
+
+@features_app.command("show")
+def features_show(
+    user: Annotated[list[str] | None, typer.Option(help="User id(s) to show.")] = None,
+    item: Annotated[list[str] | None, typer.Option(help="Item id(s) to show.")] = None,
+) -> None:
+    """Print real-time features read back from the online store through Feast."""
+    from features.online_reader import read_features
+    from features.repo import open_store
+
+    store = open_store(get_settings())
+    for kind, ids in (("user", user), ("item", item)):
+        if ids:
+            for row in read_features(store, kind, ids):
+                typer.echo(json.dumps(row))
+
+
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(help="Simulated events to stream.")] = 20_000,
+    rate: Annotated[float, typer.Option(help="Events per second.")] = 5000.0,
+    users: Annotated[int, typer.Option(help="Simulated users.")] = 500,
+    items: Annotated[int, typer.Option(help="Simulated items.")] = 300,
+) -> None:
+    """The main job on the embedded default: broker + worker + simulated stream + features."""
+    from streams.demo import run_demo
+
+    run_demo(get_settings(), events=events, rate=rate, users=users, items=items)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    events: Annotated[int, typer.Option(help="Events to push through.")] = 1_000_000,
+    users: Annotated[int, typer.Option(help="Simulated users.")] = 20_000,
+    items: Annotated[int, typer.Option(help="Simulated items.")] = 5_000,
+    store: Annotated[str, typer.Option(help="Online store: redis or sqlite.")] = "redis",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Events/s from first produce to last feature visible, and event-to-feature freshness."""
+    from benchmarks.ingest import run_ingest_bench
+
+    result = run_ingest_bench(events=events, users=users, items=items, store=store)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        for k, v in result.items():
+            typer.echo(f"{k:>22}: {v}")
+
+
+def main() -> None:
+    try:
+        app()
+    except StreamrecError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

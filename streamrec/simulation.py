@@ -1,0 +1,129 @@
+"""A simulated world with a planted ground truth, for demos, benchmarks and learning tests.
+
+Users and items live in latent taste groups. Each user has a latent vector near its
+group's centroid, each item one near its own group's centroid, and a popularity from a
+Zipf law. A session shows a user a slate of items drawn by a known logging policy
+(popularity-weighted, so every impression carries its true propensity), and each shown
+item is clicked with probability
+
+    P(click | u, i, pos) = position_bias[pos] * sigmoid(affinity * <u, i> + pop_weight *
+                           log(popularity_i * n_items) + bias)
+
+A click is followed by a product `view`, sometimes an `add_to_cart`, sometimes a
+`purchase`. Later stages test that they learn this model: the latent groups, the click
+model and the seed are saved (`World.save`, plain .npz, no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class WorldParams:
+    users: int = 1000
+    items: int = 500
+    groups: int = 8
+    dim: int = 16
+    slate: int = 10
+    affinity: float = 2.5
+    pop_weight: float = 0.3
+    bias: float = -2.5
+    zipf: float = 0.9
+    cart_rate: float = 0.3
+    purchase_rate: float = 0.5
+    seed: int = 0
+
+
+class World:
+    def __init__(self, params: WorldParams) -> None:
+        if params.users < 1 or params.items < params.slate:
+            raise ValueError("need at least one user and at least `slate` items")
+        self.params = p = params
+        rng = np.random.default_rng(p.seed)
+        centroids = rng.normal(size=(p.groups, p.dim))
+        centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+        self.user_group = rng.integers(0, p.groups, size=p.users)
+        self.item_group = rng.integers(0, p.groups, size=p.items)
+        self.user_vec = centroids[self.user_group] + 0.35 * rng.normal(size=(p.users, p.dim))
+        self.item_vec = centroids[self.item_group] + 0.35 * rng.normal(size=(p.items, p.dim))
+        self.user_vec /= np.linalg.norm(self.user_vec, axis=1, keepdims=True)
+        self.item_vec /= np.linalg.norm(self.item_vec, axis=1, keepdims=True)
+        ranks = rng.permutation(p.items) + 1
+        pop = 1.0 / ranks.astype(float) ** p.zipf
+        self.popularity = pop / pop.sum()
+        activity = 1.0 / (rng.permutation(p.users) + 1.0) ** 0.5
+        self.activity = activity / activity.sum()
+        self.position_bias = 1.0 / np.log2(np.arange(p.slate) + 2.0)
+        self._rng = np.random.default_rng(p.seed + 1)
+        self._next_id = 0
+
+    # --- the planted model -------------------------------------------------------------
+
+    def click_prob(self, users: np.ndarray, items: np.ndarray, positions: np.ndarray
+                   ) -> np.ndarray:
+        p = self.params
+        logit = (p.affinity * np.einsum("ij,ij->i", self.user_vec[users], self.item_vec[items])
+                 + p.pop_weight * np.log(self.popularity[items] * p.items) + p.bias)
+        return self.position_bias[positions] / (1.0 + np.exp(-logit))
+
+    # --- events ------------------------------------------------------------------------
+
+    def _eid(self) -> str:
+        self._next_id += 1
+        return f"s{self.params.seed}-{self._next_id}"
+
+    def session(self, user: int | None = None, n_sessions: int = 1) -> Iterator[dict[str, Any]]:
+        """Events (without `ts`) of sessions: a slate of impressions, then the reactions."""
+        p, rng = self.params, self._rng
+        for _ in range(n_sessions):
+            u = int(rng.choice(p.users, p=self.activity)) if user is None else user
+            slate = rng.choice(p.items, size=p.slate, replace=False, p=self.popularity)
+            positions = np.arange(p.slate)
+            clicks = rng.random(p.slate) < self.click_prob(np.full(p.slate, u), slate, positions)
+            request_id = f"r-{self._eid()}"
+            uid = f"u{u}"
+            for pos, item in enumerate(slate):
+                yield {"event_id": self._eid(), "event_type": "impression", "user_id": uid,
+                       "item_id": f"i{item}", "request_id": request_id, "position": pos,
+                       "propensity": round(float(min(1.0, p.slate * self.popularity[item])), 6)}
+            for pos in np.flatnonzero(clicks):
+                iid = f"i{slate[pos]}"
+                base = {"user_id": uid, "item_id": iid}
+                yield {"event_id": self._eid(), "event_type": "click", **base,
+                       "request_id": request_id, "position": int(pos)}
+                yield {"event_id": self._eid(), "event_type": "view", **base}
+                if rng.random() < p.cart_rate:
+                    yield {"event_id": self._eid(), "event_type": "add_to_cart", **base}
+                    if rng.random() < p.purchase_rate:
+                        yield {"event_id": self._eid(), "event_type": "purchase", **base}
+
+    def events(self, n: int) -> Iterator[dict[str, Any]]:
+        """Exactly `n` events (without `ts`) from as many sessions as needed."""
+        produced = 0
+        while True:
+            for ev in self.session():
+                yield ev
+                produced += 1
+                if produced >= n:
+                    return
+
+    # --- persistence -------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, params=np.array(json.dumps(asdict(self.params))),
+                 user_group=self.user_group, item_group=self.item_group,
+                 user_vec=self.user_vec, item_vec=self.item_vec, popularity=self.popularity)
+
+    @staticmethod
+    def load(path: Path) -> World:
+        with np.load(path, allow_pickle=False) as data:
+            params = WorldParams(**json.loads(str(data["params"])))
+        return World(params)

@@ -1,0 +1,161 @@
+"""The archive sink: every valid event into the offline store as hive-partitioned Parquet.
+
+Layout: `{archive}/date=YYYY-MM-DD/hour=HH/part-{topic}-p{P}-{first}-{last}.parquet`,
+readable by `pyarrow.dataset`, pandas and Feast's FileSource.
+
+Exactly once per Kafka message: files are written first, then a per-partition checkpoint
+(the last offset the archive has handled). On partition assignment the sink deletes any
+file of that partition that starts after its checkpoint: written, but never checkpointed,
+so its messages will be delivered again. The archive is a log of messages; a producer
+that sends the same event twice gets two rows, and `offline.archive.read_events` drops the
+repeat by `event_id`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from streamrec.events import Event
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("event_type", pa.string()),
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("event_timestamp", pa.timestamp("ms", tz="UTC")),
+        ("request_id", pa.string()),
+        ("position", pa.int32()),
+        ("propensity", pa.float64()),
+        ("context", pa.string()),  # JSON of the flat context map
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+    ]
+)
+
+
+def _hour_dir(ts_ms: int) -> str:
+    t = time.gmtime(ts_ms // 1000)
+    return f"date={t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}/hour={t.tm_hour:02d}"
+
+
+class ArchiveSink:
+    """Buffers valid events per partition and flushes them to Parquet with checkpoints."""
+
+    def __init__(self, root: Path, topic: str, flush_rows: int, flush_s: float) -> None:
+        self._root = root
+        self._topic = topic
+        self._flush_rows = flush_rows
+        self._flush_s = flush_s
+        self._ckpt_dir = root / "_checkpoints" / topic
+        self._ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self._buffer: dict[int, list[tuple[int, Event]]] = defaultdict(list)
+        self._handled: dict[int, int] = {}  # partition -> last offset seen (in buffer)
+        self._flushed: dict[int, int] = {}  # partition -> last offset checkpointed
+        self._rows = 0
+        self._since = time.monotonic()
+
+    # --- recovery --------------------------------------------------------------------
+
+    def _ckpt(self, partition: int) -> Path:
+        return self._ckpt_dir / f"p{partition}"
+
+    def recover(self, partition: int) -> int:
+        """Load the checkpoint of a newly assigned partition and drop uncommitted files."""
+        path = self._ckpt(partition)
+        ckpt = int(path.read_text()) if path.exists() else -1
+        removed = 0
+        for f in self._root.glob(f"date=*/hour=*/part-{self._topic}-p{partition}-*.parquet"):
+            first = int(f.stem.rsplit("-", 2)[1])
+            if first > ckpt:
+                f.unlink()
+                removed += 1
+        if removed:
+            log.warning("archive: removed %d uncommitted file(s) of partition %d past offset %d",
+                        removed, partition, ckpt)
+        self._flushed[partition] = ckpt
+        self._handled[partition] = ckpt
+        self._buffer.pop(partition, None)
+        return ckpt
+
+    def forget(self, partition: int) -> None:
+        """Drop a revoked partition's unflushed buffer (its next owner re-reads it)."""
+        self._rows -= len(self._buffer.pop(partition, []))
+        self._handled.pop(partition, None)
+        self._flushed.pop(partition, None)
+
+    # --- the sink ----------------------------------------------------------------------
+
+    def checkpoint(self, partition: int) -> int:
+        return self._flushed.get(partition, -1)
+
+    def add(self, partition: int, offset: int, event: Event | None) -> None:
+        """Hand over one message (None for an invalid one: it only advances the offset)."""
+        if offset <= self._handled.get(partition, -1):
+            return  # already archived before a restart
+        if event is not None:
+            self._buffer[partition].append((offset, event))
+            self._rows += 1
+        self._handled[partition] = offset
+
+    def due(self) -> bool:
+        pending = any(self._handled[p] > self._flushed.get(p, -1) for p in self._handled)
+        return pending and (
+            self._rows >= self._flush_rows or time.monotonic() - self._since >= self._flush_s
+        )
+
+    def flush(self) -> int:
+        """Write buffered rows and advance checkpoints. Returns rows written."""
+        written = 0
+        for partition, handled in list(self._handled.items()):
+            if handled <= self._flushed.get(partition, -1):
+                continue
+            rows = self._buffer.pop(partition, [])
+            if rows:
+                written += self._write(partition, rows)
+            tmp = self._ckpt(partition).with_suffix(".tmp")
+            tmp.write_text(str(handled))
+            os.replace(tmp, self._ckpt(partition))
+            self._flushed[partition] = handled
+        self._rows = 0
+        self._since = time.monotonic()
+        return written
+
+    def _write(self, partition: int, rows: list[tuple[int, Event]]) -> int:
+        first, last = rows[0][0], rows[-1][0]
+        by_hour: dict[str, list[tuple[int, Event]]] = defaultdict(list)
+        for offset, ev in rows:
+            by_hour[_hour_dir(ev.ts_ms)].append((offset, ev))
+        for hour_dir, chunk in by_hour.items():
+            table = pa.table(
+                {
+                    "event_id": [e.event_id for _, e in chunk],
+                    "event_type": [e.event_type for _, e in chunk],
+                    "user_id": [e.user_id for _, e in chunk],
+                    "item_id": [e.item_id for _, e in chunk],
+                    "event_timestamp": [e.ts_ms for _, e in chunk],
+                    "request_id": [e.request_id for _, e in chunk],
+                    "position": [e.position for _, e in chunk],
+                    "propensity": [e.propensity for _, e in chunk],
+                    "context": [json.dumps(e.context) if e.context else None for _, e in chunk],
+                    "kafka_partition": [partition] * len(chunk),
+                    "kafka_offset": [o for o, _ in chunk],
+                },
+                schema=SCHEMA,
+            )
+            out = self._root / hour_dir / f"part-{self._topic}-p{partition}-{first}-{last}.parquet"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.parent / f".{out.name}.tmp"  # dot-files are ignored by dataset readers
+            pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, out)
+        return len(rows)

@@ -1,0 +1,180 @@
+"""Turns micro-batches of events into feature state, and dirty state into online rows.
+
+Kafka-free on purpose: the worker feeds it `(partition, offset, event)` triples, so the
+same code is driven by the confluent-kafka loop, by tests, or by any other consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from features.aggregates import (
+    AggregateConfig,
+    UserState,
+    apply_user_event,
+    item_features,
+    item_increments,
+    new_user_state,
+    prune_user_state,
+    stale_item_fields,
+    user_features,
+)
+from features.online_writer import OnlineWriter, Row
+from features.repo import ITEM_KEY, ITEM_VIEW, USER_KEY, USER_VIEW
+from streams import metrics
+from streams.state import BatchUpdate, StreamState, owner_partition
+from streamrec.events import Event
+
+log = logging.getLogger(__name__)
+
+Message = tuple[int, int, Event | None]  # partition, offset, event (None if invalid)
+_MAX_CACHED_USERS = 200_000
+
+
+@dataclass
+class BatchStats:
+    applied: int = 0
+    duplicates: int = 0
+    replayed: int = 0
+    invalid: int = 0
+
+
+@dataclass
+class Freshness:
+    """Event time -> feature row written, per row, with the number of events it carried.
+
+    A row's lag is taken from its oldest unwritten event: an upper bound for the others.
+    """
+
+    lags_ms: list[int] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+
+    def add(self, lag_ms: int, count: int) -> None:
+        self.lags_ms.append(lag_ms)
+        self.counts.append(count)
+
+
+class FeatureProcessor:
+    def __init__(self, state: StreamState, writer: OnlineWriter, cfg: AggregateConfig,
+                 topic: str, partitions: int) -> None:
+        self._state = state
+        self._writer = writer
+        self._cfg = cfg
+        self._topic = topic
+        self._partitions = partitions
+        self._applied: dict[int, int] = {}
+        # Users of owned partitions: this worker is their only writer, so the cache is exact.
+        self._users: dict[str, UserState] = {}
+        self._pending: dict[str, tuple[int, int]] = {}  # user -> (oldest ts, events)
+        self.freshness = Freshness()
+
+    # --- ownership ---------------------------------------------------------------------
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        parts = list(partitions)
+        self._applied.update(self._state.applied_offsets(self._topic, parts))
+        self._users.clear()
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            self._applied.pop(p, None)
+        self._users.clear()
+
+    def applied_offset(self, partition: int) -> int:
+        return self._applied.get(partition, -1)
+
+    def is_new(self, partition: int, offset: int) -> bool:
+        return offset > self._applied.get(partition, -1)
+
+    # --- batches -----------------------------------------------------------------------
+
+    def process(self, batch: Sequence[Message]) -> BatchStats:
+        """Fold a batch into state and commit it atomically (with its offsets)."""
+        stats = BatchStats()
+        update = BatchUpdate(topic=self._topic)
+        fresh = [(p, o, ev) for p, o, ev in batch if self.is_new(p, o)]
+        stats.replayed = len(batch) - len(fresh)
+        if not fresh:
+            return stats
+        if len(self._users) > _MAX_CACHED_USERS:
+            self._users.clear()
+        missing = {ev.user_id for _, _, ev in fresh if ev and ev.user_id not in self._users}
+        self._users.update(self._state.load_users(missing))
+        item_counts: dict[str, Counter[str]] = defaultdict(Counter)
+        dirty_users: dict[int, set[str]] = defaultdict(set)
+        dirty_items: dict[int, set[str]] = defaultdict(set)
+        try:
+            for p, offset, ev in fresh:
+                update.offsets[p] = offset
+                if ev is None:
+                    stats.invalid += 1
+                    continue
+                state = self._users.get(ev.user_id)
+                if state is None:
+                    state = self._users[ev.user_id] = new_user_state()
+                if not apply_user_event(state, ev, self._cfg):
+                    stats.duplicates += 1
+                    continue
+                stats.applied += 1
+                update.users[ev.user_id] = state
+                dirty_users[p].add(ev.user_id)
+                oldest, n = self._pending.get(ev.user_id, (ev.ts_ms, 0))
+                self._pending[ev.user_id] = (min(oldest, ev.ts_ms), n + 1)
+                fields = item_increments(ev)
+                if fields:
+                    item_counts[ev.item_id].update(fields)
+                if ev.ts_ms > update.item_last.get(ev.item_id, 0):
+                    update.item_last[ev.item_id] = ev.ts_ms
+                dirty_items[owner_partition(ev.item_id, self._partitions)].add(ev.item_id)
+            for state in update.users.values():
+                prune_user_state(state, self._cfg)
+            update.item_counts = dict(item_counts)
+            update.dirty_users = dict(dirty_users)
+            update.dirty_items = dict(dirty_items)
+            self._state.commit(update)
+        except BaseException:
+            self._users.clear()  # the cache may hold changes that never committed
+            raise
+        self._applied.update(update.offsets)
+        metrics.EVENTS.labels("applied").inc(stats.applied)
+        metrics.EVENTS.labels("duplicate").inc(stats.duplicates)
+        return stats
+
+    # --- online rows -------------------------------------------------------------------
+
+    def materialize(self, owned: Iterable[int]) -> int:
+        """Write the dirty entities this worker owns to the online store. Returns rows."""
+        written = 0
+        for p in owned:
+            claimed = self._state.claim_dirty(p)
+            if not claimed.users and not claimed.items:
+                continue
+            missing = [u for u in claimed.users if u not in self._users]
+            states = {u: self._users[u] for u in claimed.users if u in self._users}
+            states.update(self._state.load_users(missing))
+            user_rows: list[Row] = [(u, user_features(s), s["last"]) for u, s in states.items()]
+            items = self._state.load_items(claimed.items)
+            item_rows: list[Row] = [
+                (i, item_features(c, last, self._cfg), last) for i, (c, last) in items.items()
+            ]
+            stale = {i: stale_item_fields(c, last) for i, (c, last) in items.items()}
+            if user_rows:
+                self._writer.write(USER_VIEW, USER_KEY, user_rows)
+            if item_rows:
+                self._writer.write(ITEM_VIEW, ITEM_KEY, item_rows)
+            self._state.release_dirty(p, stale)
+            now_ms = int(time.time() * 1000)
+            for u, _, _ in user_rows:
+                pending = self._pending.pop(u, None)
+                if pending is not None:
+                    lag = now_ms - pending[0]
+                    self.freshness.add(lag, pending[1])
+                    metrics.FRESHNESS.observe(lag / 1000)
+            written += len(user_rows) + len(item_rows)
+            metrics.ROWS.labels(USER_VIEW).inc(len(user_rows))
+            metrics.ROWS.labels(ITEM_VIEW).inc(len(item_rows))
+        return written

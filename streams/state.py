@@ -1,0 +1,83 @@
+"""The stream workers' durable state: the protocol and what one batch commits.
+
+Exactly-once effect on top of at-least-once Kafka delivery rests on three things:
+
+1. **Offsets inside the state.** Each batch commits, in one transaction, the new user
+   states, the item counter increments, the entities it dirtied, and the last Kafka offset
+   it applied per partition. A replay after a crash skips offsets at or below that mark,
+   so a redelivered message is never applied twice, whatever the batch boundaries.
+2. **Event-id dedupe** inside each user's state (duplicates share the user key, hence the
+   partition and the owner), for the same event sent twice by a producer.
+3. **One writer per entity.** Users are owned by their partition; an item is owned by
+   partition `owner_partition(item)`. Every commit marks touched entities dirty for their
+   owner; only the owner drains its dirty set and writes rows to the online store, so
+   rows are written in order and the last write holds the full state.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from features.aggregates import UserState
+
+ItemCounters = dict[str, int]
+
+
+def owner_partition(item_id: str, partitions: int) -> int:
+    """The partition whose worker writes this item's feature row (stable across processes)."""
+    return zlib.crc32(item_id.encode()) % partitions
+
+
+@dataclass
+class BatchUpdate:
+    """Everything one micro-batch changes; committed atomically by `StreamState.commit`."""
+
+    topic: str
+    offsets: dict[int, int] = field(default_factory=dict)  # partition -> last applied offset
+    users: dict[str, UserState] = field(default_factory=dict)  # full new states
+    item_counts: dict[str, Counter[str]] = field(default_factory=dict)  # increments
+    item_last: dict[str, int] = field(default_factory=dict)  # candidate max event time
+    dirty_users: dict[int, set[str]] = field(default_factory=dict)
+    dirty_items: dict[int, set[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Claimed:
+    """Entities an owner must (re)write to the online store."""
+
+    users: list[str]
+    items: list[str]
+
+
+class StreamState(Protocol):
+    """Durable state of the stream workers (Redis in production, SQLite embedded)."""
+
+    def applied_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+        """Last applied offset per partition (-1 where nothing was applied)."""
+        ...
+
+    def load_users(self, user_ids: Iterable[str]) -> dict[str, UserState]:
+        """Stored states of these users (absent users are left out)."""
+        ...
+
+    def commit(self, update: BatchUpdate) -> None:
+        """Apply one batch atomically: all of it or none of it."""
+        ...
+
+    def claim_dirty(self, partition: int) -> Claimed:
+        """Claim the dirty entities of an owner partition (plus any claimed before a crash)."""
+        ...
+
+    def load_items(self, item_ids: Iterable[str]) -> dict[str, tuple[ItemCounters, int]]:
+        """Counters and latest event time of these items."""
+        ...
+
+    def release_dirty(self, partition: int, stale_item_fields: dict[str, list[str]]) -> None:
+        """Mark the claimed entities written; drop counter fields no window can see."""
+        ...
+
+    def close(self) -> None: ...

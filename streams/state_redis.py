@@ -1,0 +1,106 @@
+"""Stream state in Redis: MULTI/EXEC per batch, a Lua claim for the dirty sets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import redis
+
+from features.aggregates import UserState
+from streams.state import BatchUpdate, Claimed, ItemCounters
+from streamrec.errors import StoreError
+
+# Move dirty -> claimed unless a claim survives from before a crash, then list the claim.
+_CLAIM = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 and redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('RENAME', KEYS[i], KEYS[i + 1])
+  end
+  out[#out + 1] = redis.call('SMEMBERS', KEYS[i + 1])
+end
+return out
+"""
+
+
+class RedisStreamState:
+    """Keys live under `{namespace}:` so several groups or tests can share one Redis."""
+
+    def __init__(self, url: str, namespace: str) -> None:
+        try:
+            self._r = redis.Redis.from_url(url, socket_timeout=10)
+            self._r.ping()
+        except redis.RedisError as exc:
+            raise StoreError(f"Cannot reach Redis at {url}: {exc}. Is it running?") from exc
+        self._ns = namespace
+        self._claim = self._r.register_script(_CLAIM)
+
+    def _k(self, *parts: object) -> str:
+        return ":".join((self._ns, *map(str, parts)))
+
+    def applied_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+        parts = list(partitions)
+        if not parts:
+            return {}
+        values = self._r.hmget(self._k("offsets", topic), [str(p) for p in parts])
+        return {p: int(v) if v is not None else -1 for p, v in zip(parts, values, strict=True)}
+
+    def load_users(self, user_ids: Iterable[str]) -> dict[str, UserState]:
+        ids = list(user_ids)
+        if not ids:
+            return {}
+        blobs = self._r.mget([self._k("u", u) for u in ids])
+        return {u: json.loads(b) for u, b in zip(ids, blobs, strict=True) if b is not None}
+
+    def commit(self, update: BatchUpdate) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        if update.users:
+            pipe.mset({self._k("u", u): json.dumps(s, separators=(",", ":"))
+                       for u, s in update.users.items()})
+        for item, counts in update.item_counts.items():
+            key = self._k("i", item)
+            for fld, n in counts.items():
+                pipe.hincrby(key, fld, n)
+        if update.item_last:
+            pipe.zadd(self._k("ilast"), update.item_last, gt=True)
+        for p, users in update.dirty_users.items():
+            pipe.sadd(self._k("dirty", "u", p), *users)
+        for p, items in update.dirty_items.items():
+            pipe.sadd(self._k("dirty", "i", p), *items)
+        if update.offsets:
+            pipe.hset(self._k("offsets", update.topic),
+                      mapping={str(p): o for p, o in update.offsets.items()})
+        pipe.execute()
+
+    def claim_dirty(self, partition: int) -> Claimed:
+        keys = [self._k("dirty", "u", partition), self._k("claimed", "u", partition),
+                self._k("dirty", "i", partition), self._k("claimed", "i", partition)]
+        users, items = self._claim(keys=keys)
+        return Claimed(users=[u.decode() for u in users], items=[i.decode() for i in items])
+
+    def load_items(self, item_ids: Iterable[str]) -> dict[str, tuple[ItemCounters, int]]:
+        ids = list(item_ids)
+        if not ids:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        for item in ids:
+            pipe.hgetall(self._k("i", item))
+        pipe.zmscore(self._k("ilast"), ids)
+        *hashes, lasts = pipe.execute()
+        out: dict[str, tuple[ItemCounters, int]] = {}
+        for item, fields, last in zip(ids, hashes, lasts, strict=True):
+            if last is not None:
+                out[item] = ({k.decode(): int(v) for k, v in fields.items()}, int(last))
+        return out
+
+    def release_dirty(self, partition: int, stale_item_fields: dict[str, list[str]]) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        for item, fields in stale_item_fields.items():
+            if fields:
+                pipe.hdel(self._k("i", item), *fields)
+        pipe.delete(self._k("claimed", "u", partition), self._k("claimed", "i", partition))
+        pipe.execute()
+
+    def close(self) -> None:
+        self._r.close()
