@@ -63,9 +63,13 @@ class EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         cmd = [str(tansu_binary()), "broker", "--listener-url", url,
                "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
-        out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        if self._log_path:
+            with open(self._log_path, "ab") as out:  # the child keeps its own descriptor
+                self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True)
+        else:
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while not port_open("127.0.0.1", self.port):
             if self._proc.poll() is not None:

@@ -109,6 +109,7 @@ class StreamWorker:
             self._archive.recover(p)
         self._processor.assign(parts)
         self._owned.update(parts)
+        self._last_message = time.monotonic()  # idle time counts from joining the group
         log.info("assigned partitions %s", sorted(parts))
 
     def _on_revoke(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
@@ -132,16 +133,17 @@ class StreamWorker:
         self._consumer.subscribe([self._topic], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke)
         wait_s = self._s.batch_max_wait_ms / 1000
-        last_message = time.monotonic()
+        self._last_message = time.monotonic()
         log.info("worker consuming %s as group %s from %s", self._topic,
                  self._s.consumer_group, self._s.bootstrap)
         try:
             while not self._stop.is_set():
                 msgs = self._consumer.consume(self._s.batch_max_events, wait_s)
                 if msgs:
-                    last_message = time.monotonic()
+                    self._last_message = time.monotonic()
                     self._handle(msgs)
-                elif idle_exit_s is not None and time.monotonic() - last_message > idle_exit_s:
+                elif (idle_exit_s is not None and self._owned
+                      and time.monotonic() - self._last_message > idle_exit_s):
                     break
                 self._processor.materialize(sorted(self._owned))
                 if self._archive.due():
