@@ -204,8 +204,10 @@ def reference_user_features(events: Iterable[Event], cfg: AggregateConfig) -> Fe
     row: FeatureRow = {
         "recent_items": [evs[i].item_id for _, i in reversed(interactions[-cfg.recent_items :])]
     }
-    for w, inside in (("1h", lambda e: _in_1h(e.ts_ms // MINUTE_MS, last)),
-                      ("24h", lambda e: _in_24h(e.ts_ms // HOUR_MS, last))):
+    for w, inside in (
+        ("1h", lambda e: _in_1h(e.ts_ms // MINUTE_MS, last)),
+        ("24h", lambda e: _in_24h(e.ts_ms // HOUR_MS, last)),
+    ):
         for t in EVENT_TYPES:
             row[f"n_{t}_{w}"] = sum(1 for e in evs if e.event_type == t and inside(e))
     row["last_seen_ms"] = last
@@ -219,8 +221,9 @@ def reference_item_features(events: Iterable[Event], cfg: AggregateConfig) -> Fe
 
     def count(types: set[str], window: str) -> int:
         if window == "1h":
-            return sum(1 for e in evs if e.event_type in types
-                       and _in_1h(e.ts_ms // MINUTE_MS, last))
+            return sum(
+                1 for e in evs if e.event_type in types and _in_1h(e.ts_ms // MINUTE_MS, last)
+            )
         return sum(1 for e in evs if e.event_type in types and _in_24h(e.ts_ms // HOUR_MS, last))
 
     row: FeatureRow = {f"{t}s_{w}": count({t}, w) for t in ITEM_COUNTED for w in ("1h", "24h")}

@@ -41,8 +41,15 @@ def entity_key(join_key: str, value: str) -> bytes:
     """serialize_entity_key(v3) of a single string join key."""
     k, v = join_key.encode(), value.encode()
     return b"".join(
-        (_U32.pack(1), _U32.pack(_STRING), _U32.pack(len(k)), k,
-         _U32.pack(_STRING), _U32.pack(len(v)), v)
+        (
+            _U32.pack(1),
+            _U32.pack(_STRING),
+            _U32.pack(len(k)),
+            k,
+            _U32.pack(_STRING),
+            _U32.pack(len(v)),
+            v,
+        )
     )
 
 

@@ -21,6 +21,7 @@ from streamrec.errors import StoreError
 if TYPE_CHECKING:
     import redis
     from feast import FeatureStore
+    from redis.typing import EncodableT, FieldT
 
 # (entity id, feature values, event time in epoch ms)
 Row = tuple[str, FeatureRow, int]
@@ -52,7 +53,7 @@ class RedisLayoutWriter:
         ts_field = f"_ts:{view}".encode()
         pipe = self._client.pipeline(transaction=False)
         for entity, values, ts_ms in rows:
-            mapping: dict[bytes, bytes] = {ts_field: layout.encode_timestamp(ts_ms)}
+            mapping: dict[FieldT, EncodableT] = {ts_field: layout.encode_timestamp(ts_ms)}
             for name, value in values.items():
                 mapping[self._field(view, name)] = layout.encode_value(value)
             pipe.hset(layout.entity_key(join_key, entity) + self._project, mapping=mapping)
@@ -113,8 +114,11 @@ class FeastSdkWriter:
 
         frame = pd.DataFrame(
             [
-                {join_key: entity, **values,
-                 "event_timestamp": datetime.fromtimestamp(ts / 1000, tz=UTC)}
+                {
+                    join_key: entity,
+                    **values,
+                    "event_timestamp": datetime.fromtimestamp(ts / 1000, tz=UTC),
+                }
                 for entity, values, ts in rows
             ]
         )

@@ -76,10 +76,18 @@ def feature_objects(settings: Settings) -> list[Any]:
     from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
     from feast.types import Array, Float64, Int64, String
 
-    user = Entity(name="user", join_keys=[USER_KEY], value_type=ValueType.STRING,
-                  description="A person using the product.")
-    item = Entity(name="item", join_keys=[ITEM_KEY], value_type=ValueType.STRING,
-                  description="Something that can be recommended.")
+    user = Entity(
+        name="user",
+        join_keys=[USER_KEY],
+        value_type=ValueType.STRING,
+        description="A person using the product.",
+    )
+    item = Entity(
+        name="item",
+        join_keys=[ITEM_KEY],
+        value_type=ValueType.STRING,
+        description="Something that can be recommended.",
+    )
 
     def sources(kind: str) -> tuple[Any, Any]:
         batch = FileSource(
@@ -95,12 +103,20 @@ def feature_objects(settings: Settings) -> list[Any]:
     user_types = {"recent_items": Array(String)} | {f: Int64 for f in USER_FEATURES[1:]}
     item_types = {f: Int64 for f in ITEM_FEATURES} | {"ctr_smoothed": Float64}
     user_view = FeatureView(
-        name=USER_VIEW, entities=[user], ttl=None, online=True, source=user_push,
+        name=USER_VIEW,
+        entities=[user],
+        ttl=None,
+        online=True,
+        source=user_push,
         schema=[Field(name=f, dtype=user_types[f]) for f in USER_FEATURES],
         description="Real-time user features from the event stream.",
     )
     item_view = FeatureView(
-        name=ITEM_VIEW, entities=[item], ttl=None, online=True, source=item_push,
+        name=ITEM_VIEW,
+        entities=[item],
+        ttl=None,
+        online=True,
+        source=item_push,
         schema=[Field(name=f, dtype=item_types[f]) for f in ITEM_FEATURES],
         description="Real-time item features from the event stream.",
     )

@@ -13,8 +13,11 @@ import typer
 from streamrec.errors import StreamrecError
 from streamrec.settings import Settings, get_settings
 
-app = typer.Typer(help="streamrec: a streaming real-time personalization engine.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="streamrec: a streaming real-time personalization engine.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 features_app = typer.Typer(help="The Feast feature repository.", no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print their figures.", no_args_is_help=True)
@@ -26,8 +29,9 @@ log = logging.getLogger("streamrec")
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @app.callback()
@@ -53,8 +57,10 @@ def broker() -> None:
     b = EmbeddedBroker(s.embedded_broker_port).start()
     try:
         ensure_topics(b.bootstrap, [s.events_topic, s.dlq_topic], s.topic_partitions)
-        typer.echo(f"broker ready on {b.bootstrap}; topics {s.events_topic}, {s.dlq_topic}."
-                   " Ctrl-C stops it (its data lives in memory only).")
+        typer.echo(
+            f"broker ready on {b.bootstrap}; topics {s.events_topic}, {s.dlq_topic}."
+            " Ctrl-C stops it (its data lives in memory only)."
+        )
         b.wait()
     except KeyboardInterrupt:
         pass
@@ -74,12 +80,16 @@ def topics_create() -> None:
 
 @app.command()
 def worker(
-    idle_exit: Annotated[float | None, typer.Option(
-        help="Exit after this many seconds without messages (scripted runs).")] = None,
-    metrics_port: Annotated[int | None, typer.Option(
-        help="Serve Prometheus metrics on this port.")] = None,
-    stats_out: Annotated[Path | None, typer.Option(
-        help="Write freshness samples as JSON here on exit (benchmarks).")] = None,
+    idle_exit: Annotated[
+        float | None,
+        typer.Option(help="Exit after this many seconds without messages (scripted runs)."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    ] = None,
+    stats_out: Annotated[
+        Path | None, typer.Option(help="Write freshness samples as JSON here on exit (benchmarks).")
+    ] = None,
 ) -> None:
     """Run one stream worker (start one per partition to scale out)."""
     from streams.worker import StreamWorker, install_signal_handlers
@@ -98,8 +108,9 @@ def simulate(
     users: Annotated[int, typer.Option(help="Simulated users.")] = 1000,
     items: Annotated[int, typer.Option(help="Simulated items.")] = 500,
     events: Annotated[int, typer.Option(help="Events to produce.")] = 10_000,
-    rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")
-                    ] = 2000.0,
+    rate: Annotated[
+        float, typer.Option(help="Events per second; 0 = as fast as possible.")
+    ] = 2000.0,
     seed: Annotated[int, typer.Option(help="Seed of the world and the stream.")] = 0,
 ) -> None:
     """Produce a realistic event stream with a planted ground truth (saved for later stages)."""
@@ -107,8 +118,10 @@ def simulate(
 
     s = get_settings()
     sent, _ = run_simulation(s, users=users, items=items, events=events, rate=rate, seed=seed)
-    typer.echo(f"produced {sent} events to {s.events_topic} on {s.bootstrap};"
-               f" world saved to {s.data_dir / 'simulation' / 'world.npz'}")
+    typer.echo(
+        f"produced {sent} events to {s.events_topic} on {s.bootstrap};"
+        f" world saved to {s.data_dir / 'simulation' / 'world.npz'}"
+    )
 
 
 @features_app.command("apply")
@@ -118,8 +131,10 @@ def features_apply() -> None:
 
     s = get_settings()
     apply(s)
-    typer.echo(f"feature repository applied: {s.feature_repo_dir} "
-               f"(online store: {'redis' if s.redis_url else 'sqlite'})")
+    typer.echo(
+        f"feature repository applied: {s.feature_repo_dir} "
+        f"(online store: {'redis' if s.redis_url else 'sqlite'})"
+    )
 
 
 @features_app.command("show")

@@ -66,11 +66,13 @@ class World:
 
     # --- the planted model -------------------------------------------------------------
 
-    def click_prob(self, users: np.ndarray, items: np.ndarray, positions: np.ndarray
-                   ) -> np.ndarray:
+    def click_prob(self, users: np.ndarray, items: np.ndarray, positions: np.ndarray) -> np.ndarray:
         p = self.params
-        logit = (p.affinity * np.einsum("ij,ij->i", self.user_vec[users], self.item_vec[items])
-                 + p.pop_weight * np.log(self.popularity[items] * p.items) + p.bias)
+        logit = (
+            p.affinity * np.einsum("ij,ij->i", self.user_vec[users], self.item_vec[items])
+            + p.pop_weight * np.log(self.popularity[items] * p.items)
+            + p.bias
+        )
         return self.position_bias[positions] / (1.0 + np.exp(-logit))
 
     # --- events ------------------------------------------------------------------------
@@ -83,21 +85,32 @@ class World:
         """Events (without `ts`) of sessions: a slate of impressions, then the reactions."""
         p, rng = self.params, self._rng
         for _ in range(n_sessions):
-            u = int(rng.choice(p.users, p=self.activity)) if user is None else user
+            u = user if user is not None else int(rng.choice(p.users, p=self.activity))
             slate = rng.choice(p.items, size=p.slate, replace=False, p=self.popularity)
             positions = np.arange(p.slate)
             clicks = rng.random(p.slate) < self.click_prob(np.full(p.slate, u), slate, positions)
             request_id = f"r-{self._eid()}"
             uid = f"u{u}"
             for pos, item in enumerate(slate):
-                yield {"event_id": self._eid(), "event_type": "impression", "user_id": uid,
-                       "item_id": f"i{item}", "request_id": request_id, "position": pos,
-                       "propensity": round(float(min(1.0, p.slate * self.popularity[item])), 6)}
-            for pos in np.flatnonzero(clicks):
-                iid = f"i{slate[pos]}"
+                yield {
+                    "event_id": self._eid(),
+                    "event_type": "impression",
+                    "user_id": uid,
+                    "item_id": f"i{item}",
+                    "request_id": request_id,
+                    "position": pos,
+                    "propensity": round(float(min(1.0, p.slate * self.popularity[item])), 6),
+                }
+            for clicked in np.flatnonzero(clicks):
+                iid = f"i{slate[clicked]}"
                 base = {"user_id": uid, "item_id": iid}
-                yield {"event_id": self._eid(), "event_type": "click", **base,
-                       "request_id": request_id, "position": int(pos)}
+                yield {
+                    "event_id": self._eid(),
+                    "event_type": "click",
+                    **base,
+                    "request_id": request_id,
+                    "position": int(clicked),
+                }
                 yield {"event_id": self._eid(), "event_type": "view", **base}
                 if rng.random() < p.cart_rate:
                     yield {"event_id": self._eid(), "event_type": "add_to_cart", **base}
@@ -118,9 +131,15 @@ class World:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, params=np.array(json.dumps(asdict(self.params))),
-                 user_group=self.user_group, item_group=self.item_group,
-                 user_vec=self.user_vec, item_vec=self.item_vec, popularity=self.popularity)
+        np.savez(
+            path,
+            params=np.array(json.dumps(asdict(self.params))),
+            user_group=self.user_group,
+            item_group=self.item_group,
+            user_vec=self.user_vec,
+            item_vec=self.item_vec,
+            popularity=self.popularity,
+        )
 
     @staticmethod
     def load(path: Path) -> World:

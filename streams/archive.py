@@ -81,8 +81,12 @@ class ArchiveSink:
                 f.unlink()
                 removed += 1
         if removed:
-            log.warning("archive: removed %d uncommitted file(s) of partition %d past offset %d",
-                        removed, partition, ckpt)
+            log.warning(
+                "archive: removed %d uncommitted file(s) of partition %d past offset %d",
+                removed,
+                partition,
+                ckpt,
+            )
         self._flushed[partition] = ckpt
         self._handled[partition] = ckpt
         self._buffer.pop(partition, None)

@@ -61,15 +61,25 @@ class EmbeddedBroker:
                 "(set STREAMREC_EMBEDDED_BROKER_PORT or STREAMREC_KAFKA_BOOTSTRAP)."
             )
         url = f"tcp://127.0.0.1:{self.port}"
-        cmd = [str(tansu_binary()), "broker", "--listener-url", url,
-               "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        cmd = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
         if self._log_path:
             with open(self._log_path, "ab") as out:  # the child keeps its own descriptor
-                self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                              start_new_session=True)
+                self._proc = subprocess.Popen(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
         else:
-            self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self._proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout_s
         while not port_open("127.0.0.1", self.port):
             if self._proc.poll() is not None:
@@ -101,3 +111,15 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """Ask a child to stop (SIGTERM), then kill it if it has not within the timeout."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

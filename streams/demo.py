@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,10 +21,10 @@ from rich.table import Table
 
 from features.online_reader import read_features
 from features.repo import apply
-from streams.broker import EmbeddedBroker, free_port
-from streams.simulate import run_simulation
 from streamrec.errors import StreamrecError
 from streamrec.settings import Settings
+from streams.broker import EmbeddedBroker, free_port, stop_process
+from streams.simulate import run_simulation
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -39,8 +38,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def start_worker(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "streamrec.cli", "worker", *extra],
-                            env=settings_env(settings))
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamrec.cli", "worker", *extra], env=settings_env(settings)
+    )
 
 
 def wait_for_features(settings: Settings, expected: dict[str, int], timeout_s: float) -> float:
@@ -72,18 +72,21 @@ def run_demo(settings: Settings, *, events: int, rate: float, users: int, items:
             console.print(f"[bold]1.[/] embedded broker (tansu) on {b.bootstrap}")
         s = settings.model_copy(update=updates)
         apply(s)
-        console.print(f"[bold]2.[/] feature repository applied at {s.feature_repo_dir} "
-                      f"({'redis' if s.redis_url else 'sqlite'} online store)")
+        console.print(
+            f"[bold]2.[/] feature repository applied at {s.feature_repo_dir} "
+            f"({'redis' if s.redis_url else 'sqlite'} online store)"
+        )
         proc = start_worker(s)
-        stack.callback(lambda: (proc.send_signal(signal.SIGTERM), proc.wait(30)))
+        stack.callback(stop_process, proc)
         console.print(f"[bold]3.[/] stream worker started (pid {proc.pid})")
         console.print(f"[bold]4.[/] streaming {events} simulated events at {rate:.0f}/s")
-        _, last_ts = run_simulation(s, users=users, items=items, events=events, rate=rate,
-                                    seed=0)
+        _, last_ts = run_simulation(s, users=users, items=items, events=events, rate=rate, seed=0)
         recent = sorted(last_ts, key=last_ts.__getitem__)[-5:]
         waited = wait_for_features(s, {u: last_ts[u] for u in recent}, timeout_s=120)
-        console.print(f"[bold]5.[/] features of the last active users visible "
-                      f"{waited * 1000:.0f} ms after the last event was delivered")
+        console.print(
+            f"[bold]5.[/] features of the last active users visible "
+            f"{waited * 1000:.0f} ms after the last event was delivered"
+        )
         _print_features(console, s, recent)
 
 
@@ -92,23 +95,41 @@ def _print_features(console: Console, s: Settings, users: list[str]) -> None:
 
     store = open_store(s)
     table = Table(title="real-time user features, read back through Feast")
-    for col in ("user", "recent items", "impr 1h", "clicks 1h", "carts 24h", "purch 24h",
-                "last seen"):
+    for col in (
+        "user",
+        "recent items",
+        "impr 1h",
+        "clicks 1h",
+        "carts 24h",
+        "purch 24h",
+        "last seen",
+    ):
         table.add_column(col)
     item_ids: list[str] = []
     for r in read_features(store, "user", users):
         recent = r["recent_items"] or []
         item_ids.extend(i for i in recent[:2] if i not in item_ids)
         age = time.time() - r["last_seen_ms"] / 1000
-        table.add_row(r["user_id"], " ".join(recent[:5]) + (" …" if len(recent) > 5 else ""),
-                      str(r["n_impression_1h"]), str(r["n_click_1h"]),
-                      str(r["n_add_to_cart_24h"]), str(r["n_purchase_24h"]), f"{age:.1f}s ago")
+        table.add_row(
+            r["user_id"],
+            " ".join(recent[:5]) + (" …" if len(recent) > 5 else ""),
+            str(r["n_impression_1h"]),
+            str(r["n_click_1h"]),
+            str(r["n_add_to_cart_24h"]),
+            str(r["n_purchase_24h"]),
+            f"{age:.1f}s ago",
+        )
     console.print(table)
     items = Table(title="real-time item features")
     for col in ("item", "impr 1h", "clicks 1h", "purch 24h", "smoothed CTR", "popularity 24h"):
         items.add_column(col)
     for r in read_features(store, "item", item_ids[:6]):
-        items.add_row(r["item_id"], str(r["impressions_1h"]), str(r["clicks_1h"]),
-                      str(r["purchases_24h"]), f"{r['ctr_smoothed']:.3f}",
-                      str(r["popularity_24h"]))
+        items.add_row(
+            r["item_id"],
+            str(r["impressions_1h"]),
+            str(r["clicks_1h"]),
+            str(r["purchases_24h"]),
+            f"{r['ctr_smoothed']:.3f}",
+            str(r["popularity_24h"]),
+        )
     console.print(items)

@@ -27,8 +27,9 @@ class DeadLetter:
 
 class DeadLetterPublisher:
     def __init__(self, bootstrap: str, topic: str, source_topic: str) -> None:
-        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
-                                   "acks": "all", "retries": 10})
+        self._producer = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", "retries": 10}
+        )
         self._topic = topic
         self._source = source_topic
         self._failed = 0
@@ -43,7 +44,7 @@ class DeadLetterPublisher:
             return
         now = str(int(time.time() * 1000)).encode()
         for dl in letters:
-            headers = [
+            headers: list[tuple[str, str | bytes | None]] = [
                 ("dlq.reason", dl.error.message.encode()),
                 ("dlq.topic", self._source.encode()),
                 ("dlq.partition", str(dl.partition).encode()),
@@ -54,8 +55,13 @@ class DeadLetterPublisher:
                 headers.append(("dlq.field", dl.error.field.encode()))
             while True:
                 try:
-                    self._producer.produce(self._topic, dl.value, dl.key, headers=headers,
-                                           on_delivery=self._on_delivery)
+                    self._producer.produce(
+                        self._topic,
+                        dl.value,
+                        dl.key,
+                        headers=headers,
+                        on_delivery=self._on_delivery,
+                    )
                     break
                 except BufferError:
                     self._producer.poll(0.05)

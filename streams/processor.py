@@ -25,9 +25,9 @@ from features.aggregates import (
 )
 from features.online_writer import OnlineWriter, Row
 from features.repo import ITEM_KEY, ITEM_VIEW, USER_KEY, USER_VIEW
+from streamrec.events import Event
 from streams import metrics
 from streams.state import BatchUpdate, StreamState, owner_partition
-from streamrec.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,14 @@ class Freshness:
 
 
 class FeatureProcessor:
-    def __init__(self, state: StreamState, writer: OnlineWriter, cfg: AggregateConfig,
-                 topic: str, partitions: int) -> None:
+    def __init__(
+        self,
+        state: StreamState,
+        writer: OnlineWriter,
+        cfg: AggregateConfig,
+        topic: str,
+        partitions: int,
+    ) -> None:
         self._state = state
         self._writer = writer
         self._cfg = cfg

@@ -17,8 +17,14 @@ log = logging.getLogger(__name__)
 class EventProducer:
     """Sends v1 events to Kafka, keyed by user id (so a user's events stay in order)."""
 
-    def __init__(self, bootstrap: str, topic: str, *, linger_ms: int = 20,
-                 extra_config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        linger_ms: int = 20,
+        extra_config: Mapping[str, Any] | None = None,
+    ) -> None:
         config: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "linger.ms": linger_ms,

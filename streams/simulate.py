@@ -7,22 +7,31 @@ import time
 
 from rich.progress import Progress
 
-from streams.producer import EventProducer
-from streams.topics import ensure_topics
 from streamrec.events import validate_event
 from streamrec.settings import Settings
 from streamrec.simulation import World, WorldParams
+from streams.producer import EventProducer
+from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
 
-def run_simulation(settings: Settings, *, users: int, items: int, events: int, rate: float,
-                   seed: int, progress: bool = True) -> tuple[int, dict[str, int]]:
+def run_simulation(
+    settings: Settings,
+    *,
+    users: int,
+    items: int,
+    events: int,
+    rate: float,
+    seed: int,
+    progress: bool = True,
+) -> tuple[int, dict[str, int]]:
     """Produce `events` simulated events; returns (delivered, last event time per user)."""
     world = World(WorldParams(users=users, items=items, seed=seed))
     world.save(settings.data_dir / "simulation" / "world.npz")
-    ensure_topics(settings.bootstrap, [settings.events_topic, settings.dlq_topic],
-                  settings.topic_partitions)
+    ensure_topics(
+        settings.bootstrap, [settings.events_topic, settings.dlq_topic], settings.topic_partitions
+    )
     producer = EventProducer(settings.bootstrap, settings.events_topic)
     started = time.monotonic()
     last_ts: dict[str, int] = {}
@@ -39,6 +48,10 @@ def run_simulation(settings: Settings, *, users: int, items: int, events: int, r
                     if ahead > 0:
                         time.sleep(ahead)
     producer.flush()
-    log.info("simulated %d events in %.1fs (%d failed)", producer.delivered,
-             time.monotonic() - started, producer.failed)
+    log.info(
+        "simulated %d events in %.1fs (%d failed)",
+        producer.delivered,
+        time.monotonic() - started,
+        producer.failed,
+    )
     return producer.delivered, last_ts

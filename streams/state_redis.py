@@ -8,8 +8,8 @@ from collections.abc import Iterable
 import redis
 
 from features.aggregates import UserState
-from streams.state import BatchUpdate, Claimed, ItemCounters
 from streamrec.errors import StoreError
+from streams.state import BatchUpdate, Claimed, ItemCounters
 
 # Move dirty -> claimed unless a claim survives from before a crash, then list the claim.
 _CLAIM = """
@@ -24,6 +24,18 @@ return out
 """
 
 
+# All item counter increments of a batch in one call: ARGV = prefix, then (item, field, n)*.
+# (Keys are built inside the script: fine on one Redis; on Redis Cluster the namespace
+# would need a {hash tag} so every key shares a slot.)
+_INCR = """
+local prefix = ARGV[1]
+for i = 2, #ARGV, 3 do
+  redis.call('HINCRBY', prefix .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
+end
+return 0
+"""
+
+
 class RedisStreamState:
     """Keys live under `{namespace}:` so several groups or tests can share one Redis."""
 
@@ -35,6 +47,7 @@ class RedisStreamState:
             raise StoreError(f"Cannot reach Redis at {url}: {exc}. Is it running?") from exc
         self._ns = namespace
         self._claim = self._r.register_script(_CLAIM)
+        self._incr = self._r.register_script(_INCR)
 
     def _k(self, *parts: object) -> str:
         return ":".join((self._ns, *map(str, parts)))
@@ -56,12 +69,18 @@ class RedisStreamState:
     def commit(self, update: BatchUpdate) -> None:
         pipe = self._r.pipeline(transaction=True)
         if update.users:
-            pipe.mset({self._k("u", u): json.dumps(s, separators=(",", ":"))
-                       for u, s in update.users.items()})
-        for item, counts in update.item_counts.items():
-            key = self._k("i", item)
-            for fld, n in counts.items():
-                pipe.hincrby(key, fld, n)
+            pipe.mset(
+                {
+                    self._k("u", u): json.dumps(s, separators=(",", ":"))
+                    for u, s in update.users.items()
+                }
+            )
+        if update.item_counts:
+            args: list[str | int] = [self._k("i", "")]
+            for item, counts in update.item_counts.items():
+                for fld, n in counts.items():
+                    args += (item, fld, n)
+            self._incr(args=args, client=pipe)
         if update.item_last:
             pipe.zadd(self._k("ilast"), update.item_last, gt=True)
         for p, users in update.dirty_users.items():
@@ -69,13 +88,19 @@ class RedisStreamState:
         for p, items in update.dirty_items.items():
             pipe.sadd(self._k("dirty", "i", p), *items)
         if update.offsets:
-            pipe.hset(self._k("offsets", update.topic),
-                      mapping={str(p): o for p, o in update.offsets.items()})
+            pipe.hset(
+                self._k("offsets", update.topic),
+                mapping={str(p): o for p, o in update.offsets.items()},
+            )
         pipe.execute()
 
     def claim_dirty(self, partition: int) -> Claimed:
-        keys = [self._k("dirty", "u", partition), self._k("claimed", "u", partition),
-                self._k("dirty", "i", partition), self._k("claimed", "i", partition)]
+        keys = [
+            self._k("dirty", "u", partition),
+            self._k("claimed", "u", partition),
+            self._k("dirty", "i", partition),
+            self._k("claimed", "i", partition),
+        ]
         users, items = self._claim(keys=keys)
         return Claimed(users=[u.decode() for u in users], items=[i.decode() for i in items])
 

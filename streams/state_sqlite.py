@@ -32,8 +32,9 @@ def _chunks(items: list[str]) -> Iterable[list[str]]:
 class SqliteStreamState:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None,
-                                   check_same_thread=False)
+        self._db = sqlite3.connect(
+            str(path), timeout=60, isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -76,7 +77,8 @@ class SqliteStreamState:
             # Re-dirtying a claimed entity un-claims it, so release() keeps it for next time.
             db.executemany(
                 "INSERT INTO dirty (part, kind, entity) VALUES (?, ?, ?)"
-                " ON CONFLICT(part, kind, entity) DO UPDATE SET claimed = 0", dirty
+                " ON CONFLICT(part, kind, entity) DO UPDATE SET claimed = 0",
+                dirty,
             )
             db.executemany(
                 "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT(topic, part)"
@@ -100,7 +102,9 @@ class SqliteStreamState:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return Claimed(users=[e for k, e in rows if k == "u"], items=[e for k, e in rows if k == "i"])
+        return Claimed(
+            users=[e for k, e in rows if k == "u"], items=[e for k, e in rows if k == "i"]
+        )
 
     def load_items(self, item_ids: Iterable[str]) -> dict[str, tuple[ItemCounters, int]]:
         ids = list(item_ids)

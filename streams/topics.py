@@ -13,8 +13,9 @@ from streamrec.errors import BrokerError
 log = logging.getLogger(__name__)
 
 
-def ensure_topics(bootstrap: str, topics: list[str], partitions: int,
-                  timeout_s: float = 30.0) -> None:
+def ensure_topics(
+    bootstrap: str, topics: list[str], partitions: int, timeout_s: float = 30.0
+) -> None:
     """Create the topics that do not exist yet, with `partitions` partitions each."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     deadline = time.monotonic() + timeout_s

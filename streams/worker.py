@@ -26,15 +26,15 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from features.aggregates import AggregateConfig
 from features.online_writer import OnlineWriter, RedisLayoutWriter, SqliteLayoutWriter
+from streamrec.errors import InvalidEvent
+from streamrec.events import parse_event
+from streamrec.settings import Settings
 from streams import metrics
 from streams.archive import ArchiveSink
 from streams.dlq import DeadLetter, DeadLetterPublisher
 from streams.processor import FeatureProcessor, Message
 from streams.state import StreamState
 from streams.topics import ensure_topics, partition_count
-from streamrec.errors import InvalidEvent
-from streamrec.events import parse_event
-from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +74,39 @@ class StreamWorker:
     def __init__(self, settings: Settings, stats_path: Path | None = None) -> None:
         self._s = settings
         self._topic = settings.events_topic
-        ensure_topics(settings.bootstrap, [settings.events_topic, settings.dlq_topic],
-                      settings.topic_partitions)
+        ensure_topics(
+            settings.bootstrap,
+            [settings.events_topic, settings.dlq_topic],
+            settings.topic_partitions,
+        )
         partitions = partition_count(settings.bootstrap, self._topic)
         self._state = open_state(settings)
         self._writer = open_writer(settings)
-        self._processor = FeatureProcessor(self._state, self._writer, aggregate_config(settings),
-                                           self._topic, partitions)
-        self._archive = ArchiveSink(settings.archive_dir, self._topic,
-                                    settings.archive_flush_rows, settings.archive_flush_s)
+        self._processor = FeatureProcessor(
+            self._state, self._writer, aggregate_config(settings), self._topic, partitions
+        )
+        self._archive = ArchiveSink(
+            settings.archive_dir, self._topic, settings.archive_flush_rows, settings.archive_flush_s
+        )
         self._dlq = DeadLetterPublisher(settings.bootstrap, settings.dlq_topic, self._topic)
         self._owned: set[int] = set()
         self._committed: dict[int, int] = {}
         self._stop = threading.Event()
         self._stats_path = stats_path
         self.handled = 0
-        self._consumer = Consumer({
-            "bootstrap.servers": settings.bootstrap,
-            "group.id": settings.consumer_group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": settings.session_timeout_ms,
-            "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
-            "max.poll.interval.ms": max(60_000, settings.session_timeout_ms),
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "queued.max.messages.kbytes": 256 * 1024,
-        })
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.bootstrap,
+                "group.id": settings.consumer_group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": settings.session_timeout_ms,
+                "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 6),
+                "max.poll.interval.ms": max(60_000, settings.session_timeout_ms),
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "queued.max.messages.kbytes": 256 * 1024,
+            }
+        )
 
     # --- rebalance ---------------------------------------------------------------------
 
@@ -130,20 +137,28 @@ class StreamWorker:
 
     def run(self, idle_exit_s: float | None = None) -> None:
         """Consume until stopped (or idle for `idle_exit_s`, for scripted runs)."""
-        self._consumer.subscribe([self._topic], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke)
+        self._consumer.subscribe(
+            [self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
         wait_s = self._s.batch_max_wait_ms / 1000
         self._last_message = time.monotonic()
-        log.info("worker consuming %s as group %s from %s", self._topic,
-                 self._s.consumer_group, self._s.bootstrap)
+        log.info(
+            "worker consuming %s as group %s from %s",
+            self._topic,
+            self._s.consumer_group,
+            self._s.bootstrap,
+        )
         try:
             while not self._stop.is_set():
                 msgs = self._consumer.consume(self._s.batch_max_events, wait_s)
                 if msgs:
                     self._last_message = time.monotonic()
                     self._handle(msgs)
-                elif (idle_exit_s is not None and self._owned
-                      and time.monotonic() - self._last_message > idle_exit_s):
+                elif (
+                    idle_exit_s is not None
+                    and self._owned
+                    and time.monotonic() - self._last_message > idle_exit_s
+                ):
                     break
                 self._processor.materialize(sorted(self._owned))
                 if self._archive.due():
@@ -166,9 +181,13 @@ class StreamWorker:
                 continue
             p, offset, value = m.partition(), m.offset(), m.value()
             try:
-                ev = parse_event(value, now_ms=now_ms, max_bytes=s.max_event_bytes,
-                                 unknown_fields=s.unknown_fields,
-                                 max_future_skew_ms=s.max_future_skew_s * 1000)
+                ev = parse_event(
+                    value,
+                    now_ms=now_ms,
+                    max_bytes=s.max_event_bytes,
+                    unknown_fields=s.unknown_fields,
+                    max_future_skew_ms=s.max_future_skew_s * 1000,
+                )
             except InvalidEvent as exc:
                 ev = None
                 if self._processor.is_new(p, offset):
@@ -188,8 +207,10 @@ class StreamWorker:
             if done >= 0 and done + 1 > self._committed.get(p, 0):
                 offsets.append(TopicPartition(self._topic, p, done + 1))
                 self._committed[p] = done + 1
-        if offsets:
-            self._consumer.commit(offsets=offsets, asynchronous=not sync)
+        if offsets and sync:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        elif offsets:
+            self._consumer.commit(offsets=offsets, asynchronous=True)
 
     def _shutdown(self) -> None:
         try:
@@ -202,8 +223,7 @@ class StreamWorker:
             self._writer.close()
             if self._stats_path:
                 f = self._processor.freshness
-                self._stats_path.write_text(json.dumps({"lags_ms": f.lags_ms,
-                                                        "counts": f.counts}))
+                self._stats_path.write_text(json.dumps({"lags_ms": f.lags_ms, "counts": f.counts}))
             log.info("worker stopped after %d messages", self.handled)
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from streams.broker import EmbeddedBroker, free_port, port_open
 from streamrec.settings import Settings, load_settings
+from streams.broker import EmbeddedBroker, free_port, port_open
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -42,7 +42,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
     b = EmbeddedBroker(free_port(), log_path=log)
     try:
         b.start()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no broker"
+    except Exception as exc:
         _missing(f"the embedded broker ({exc})")
     yield b
     b.stop()
@@ -57,9 +57,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 10
     while not port_open("127.0.0.1", port):
@@ -79,8 +91,7 @@ SettingsFactory = Callable[..., Settings]
 def make_settings(tmp_path: Path, broker: EmbeddedBroker) -> SettingsFactory:
     """Settings isolated per test: own topics, group, data dir and Feast project."""
 
-    def build(store: str = "sqlite", redis_url: str | None = None, **overrides: object
-              ) -> Settings:
+    def build(store: str = "sqlite", redis_url: str | None = None, **overrides: object) -> Settings:
         tag = uuid.uuid4().hex[:8]
         values: dict[str, object] = {
             "data_dir": tmp_path / f"data-{tag}",

@@ -17,16 +17,17 @@ from features.aggregates import (
 )
 from features.online_reader import read_features
 from features.repo import apply, open_store
-from streams.demo import settings_env
-from streams.producer import EventProducer
-from streams.worker import StreamWorker, aggregate_config
 from streamrec.events import Event, validate_event
 from streamrec.settings import Settings
 from streamrec.simulation import World, WorldParams
+from streams.demo import settings_env
+from streams.producer import EventProducer
+from streams.worker import StreamWorker, aggregate_config
 
 
-def simulated_events(n: int, seed: int = 0, users: int = 60, items: int = 40,
-                     span_ms: int = 30 * 3_600_000) -> list[Event]:
+def simulated_events(
+    n: int, seed: int = 0, users: int = 60, items: int = 40, span_ms: int = 30 * 3_600_000
+) -> list[Event]:
     """`n` simulated events with event times spread over `span_ms` up to ~now, some late."""
     world = World(WorldParams(users=users, items=items, seed=seed))
     start = int(time.time() * 1000) - span_ms
@@ -54,26 +55,32 @@ def spawn_worker(settings: Settings, idle_exit_s: float | None = None) -> subpro
     args = [sys.executable, "-m", "streamrec.cli", "worker"]
     if idle_exit_s is not None:
         args += ["--idle-exit", str(idle_exit_s)]
-    return subprocess.Popen(args, env=settings_env(settings), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        args, env=settings_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
-def expected(settings: Settings, events: list[Event]
-             ) -> tuple[dict[str, FeatureRow], dict[str, FeatureRow]]:
+def expected(
+    settings: Settings, events: list[Event]
+) -> tuple[dict[str, FeatureRow], dict[str, FeatureRow]]:
     cfg = aggregate_config(settings)
     by_user: dict[str, list[Event]] = defaultdict(list)
     by_item: dict[str, list[Event]] = defaultdict(list)
     for ev in events:
         by_user[ev.user_id].append(ev)
         by_item[ev.item_id].append(ev)
-    return ({u: reference_user_features(evs, cfg) for u, evs in by_user.items()},
-            {i: reference_item_features(evs, cfg) for i, evs in by_item.items()})
+    return (
+        {u: reference_user_features(evs, cfg) for u, evs in by_user.items()},
+        {i: reference_item_features(evs, cfg) for i, evs in by_item.items()},
+    )
 
 
 def online(settings: Settings, kind: str, ids: list[str]) -> dict[str, dict[str, Any]]:
     key = f"{kind}_id"
-    return {r[key]: {k: v for k, v in r.items() if k != key}
-            for r in read_features(open_store(settings), kind, ids)}
+    return {
+        r[key]: {k: v for k, v in r.items() if k != key}
+        for r in read_features(open_store(settings), kind, ids)
+    }
 
 
 def assert_features_match(settings: Settings, events: list[Event]) -> None:

@@ -22,31 +22,54 @@ from tests.integration.helpers import (
 
 pytestmark = pytest.mark.integration
 
-GOOD = {"event_id": "g1", "event_type": "click", "user_id": "u1", "item_id": "i1",
-        "ts": "2026-01-01T00:00:00Z"}
+GOOD = {
+    "event_id": "g1",
+    "event_type": "click",
+    "user_id": "u1",
+    "item_id": "i1",
+    "ts": "2026-01-01T00:00:00Z",
+}
 BAD: dict[str, tuple[bytes | None, str]] = {
     "bad json": (b'{"event_id": "x", ', "not valid JSON"),
     "not an object": (b"[1, 2]", "must be a JSON object"),
-    "wrong type": (json.dumps({**GOOD, "event_id": "b1", "user_id": 7}).encode(),
-                   "user_id: must be a string"),
-    "unknown event_type": (json.dumps({**GOOD, "event_id": "b2", "event_type": "like"}).encode(),
-                           "event_type: must be one of"),
-    "missing field": (json.dumps({k: v for k, v in GOOD.items() if k != "item_id"}).encode(),
-                      "item_id: is required"),
-    "oversized": (json.dumps({**GOOD, "event_id": "b3", "context": {"k": "x" * 100}}).encode()
-                  + b" " * 5000, "over the 4096-byte limit"),
-    "naive time": (json.dumps({**GOOD, "event_id": "b4", "ts": "2026-01-01T00:00:00"}).encode(),
-                   "ts: needs an explicit UTC offset"),
-    "unknown field": (json.dumps({**GOOD, "event_id": "b5", "colour": "red"}).encode(),
-                      "colour: is not a field of event v1"),
+    "wrong type": (
+        json.dumps({**GOOD, "event_id": "b1", "user_id": 7}).encode(),
+        "user_id: must be a string",
+    ),
+    "unknown event_type": (
+        json.dumps({**GOOD, "event_id": "b2", "event_type": "like"}).encode(),
+        "event_type: must be one of",
+    ),
+    "missing field": (
+        json.dumps({k: v for k, v in GOOD.items() if k != "item_id"}).encode(),
+        "item_id: is required",
+    ),
+    "oversized": (
+        json.dumps({**GOOD, "event_id": "b3", "context": {"k": "x" * 100}}).encode() + b" " * 5000,
+        "over the 4096-byte limit",
+    ),
+    "naive time": (
+        json.dumps({**GOOD, "event_id": "b4", "ts": "2026-01-01T00:00:00"}).encode(),
+        "ts: needs an explicit UTC offset",
+    ),
+    "unknown field": (
+        json.dumps({**GOOD, "event_id": "b5", "colour": "red"}).encode(),
+        "colour: is not a field of event v1",
+    ),
     "tombstone": (None, "tombstone"),
     "binary": (b"\xff\xfe\x00garbage", "not valid JSON"),
 }
 
 
 def _drain(bootstrap: str, topic: str, expect: int, timeout_s: float = 30) -> list:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.time()}",
-                  "auto.offset.reset": "earliest", "session.timeout.ms": 3000})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{time.time()}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 3000,
+        }
+    )
     c.subscribe([topic])
     got, deadline = [], time.monotonic() + timeout_s
     while len(got) < expect and time.monotonic() < deadline:
@@ -97,8 +120,9 @@ def _applied(settings, redis_url: str) -> int:
 
 
 def test_sigkilled_worker_resumes_without_loss_or_double_count(make_settings, redis_url):
-    settings = make_settings("redis", redis_url=redis_url, batch_max_events=500,
-                             archive_flush_rows=700)
+    settings = make_settings(
+        "redis", redis_url=redis_url, batch_max_events=500, archive_flush_rows=700
+    )
     prepare(settings)
     events = simulated_events(20_000, seed=5, users=200, items=80)
     produce(settings, events)

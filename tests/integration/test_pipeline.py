@@ -37,8 +37,15 @@ def test_events_become_exact_features_and_archive(make_settings, redis_url, stor
     assert archive_rows(settings) == len(events) + len(duplicates)
     frame = pd.read_parquet(settings.archive_dir)
     assert frame["event_id"].nunique() == len(events)
-    assert set(frame.columns) >= {"event_id", "event_type", "user_id", "item_id",
-                                  "event_timestamp", "date", "hour"}
+    assert set(frame.columns) >= {
+        "event_id",
+        "event_type",
+        "user_id",
+        "item_id",
+        "event_timestamp",
+        "date",
+        "hour",
+    }
 
 
 def test_outside_client_events_are_processed_like_our_own(make_settings):
@@ -48,8 +55,9 @@ def test_outside_client_events_are_processed_like_our_own(make_settings):
     # A plain confluent-kafka producer: gzip, no key, hand-written JSON with ISO times.
     plain = Producer({"bootstrap.servers": settings.bootstrap, "compression.type": "gzip"})
     for ev in events[:200]:
-        plain.produce(settings.events_topic, json.dumps(ev.to_wire()).encode(),
-                      key=ev.user_id.encode())
+        plain.produce(
+            settings.events_topic, json.dumps(ev.to_wire()).encode(), key=ev.user_id.encode()
+        )
     plain.flush(30)
     produce(settings, events[200:])
 

@@ -40,9 +40,15 @@ def make_stream(seed: int, n: int = 400) -> list[Event]:
     arrivals: list[tuple[float, Event]] = []
     t = T0
     for k in range(n):
-        t += rng.choice([0, MINUTE_MS, rng.randrange(18 * MINUTE_MS), rng.randrange(18 * MINUTE_MS)])
-        ev = Event(f"e{seed}-{k}", rng.choice(EVENT_TYPES), f"u{rng.randrange(4)}",
-                   f"i{rng.randrange(6)}", t)
+        gap = rng.randrange(18 * MINUTE_MS)
+        t += rng.choice([0, MINUTE_MS, gap, rng.randrange(18 * MINUTE_MS)])
+        ev = Event(
+            f"e{seed}-{k}",
+            rng.choice(EVENT_TYPES),
+            f"u{rng.randrange(4)}",
+            f"i{rng.randrange(6)}",
+            t,
+        )
         if rng.random() < 0.05:
             arrivals.append((t + rng.uniform(0, 30 * HOUR_MS), ev))
             continue
@@ -84,7 +90,8 @@ def test_fast_path_equals_reference(seed: int) -> None:
             assert user_features(state) == reference_user_features(seen[ev.user_id], CFG)
             if last is not None:
                 assert item_features(counters[item], last, CFG) == reference_item_features(
-                    seen_items[item], CFG)
+                    seen_items[item], CFG
+                )
     assert accepted == len({e.event_id for e in stream})
     for uid, state in users.items():
         row = user_features(state)
@@ -92,7 +99,8 @@ def test_fast_path_equals_reference(seed: int) -> None:
         assert row == reference_user_features(seen[uid], CFG), uid
     for iid, c in counters.items():
         assert item_features(c, item_last[iid], CFG) == reference_item_features(
-            seen_items[iid], CFG), iid
+            seen_items[iid], CFG
+        ), iid
 
 
 def _ev(i: int, ts: int, etype: str = "click", item: str = "i1") -> Event:
@@ -167,9 +175,14 @@ def test_24h_window_edges(ts: int, inside: bool) -> None:
 def test_recent_items_newest_first_and_capped() -> None:
     ts = [T0 + k * MINUTE_MS for k in range(8)]
     events = [
-        _ev(0, ts[3], "click", "a"), _ev(1, ts[1], "view", "b"), _ev(2, ts[7], "purchase", "c"),
-        _ev(3, ts[5], "impression", "z"), _ev(4, ts[6], "add_to_cart", "d"),
-        _ev(5, ts[0], "click", "e"), _ev(6, ts[4], "view", "f"), _ev(7, ts[2], "click", "g"),
+        _ev(0, ts[3], "click", "a"),
+        _ev(1, ts[1], "view", "b"),
+        _ev(2, ts[7], "purchase", "c"),
+        _ev(3, ts[5], "impression", "z"),
+        _ev(4, ts[6], "add_to_cart", "d"),
+        _ev(5, ts[0], "click", "e"),
+        _ev(6, ts[4], "view", "f"),
+        _ev(7, ts[2], "click", "g"),
     ]
     row = _user_row(events)
     assert row["recent_items"] == ["c", "d", "f", "a", "g"]  # impressions excluded
@@ -188,8 +201,15 @@ def test_duplicate_event_id_changes_nothing() -> None:
 def test_prune_forgets_old_ids_and_caps_them() -> None:
     cfg = AggregateConfig(dedupe_window_ms=HOUR_MS, dedupe_max_ids=3)
     state = new_user_state()
-    for k, ts in enumerate([T0 - 30 * HOUR_MS, T0 + 2 * HOUR_MS, T0 + 2 * HOUR_MS + 1, T0 + 2 * HOUR_MS + 2,
-                            T0 + 3 * HOUR_MS - 1, T0 + 3 * HOUR_MS]):
+    times = [
+        T0 - 30 * HOUR_MS,
+        T0 + 2 * HOUR_MS,
+        T0 + 2 * HOUR_MS + 1,
+        T0 + 2 * HOUR_MS + 2,
+        T0 + 3 * HOUR_MS - 1,
+        T0 + 3 * HOUR_MS,
+    ]
+    for k, ts in enumerate(times):
         apply_user_event(state, _ev(k, ts), cfg)
     prune_user_state(state, cfg)
     assert set(state["ids"]) == {"e3", "e4", "e5"}  # e0 too old, then the 3 newest

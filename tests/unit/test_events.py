@@ -24,8 +24,15 @@ NOW = calendar.timegm((2026, 11, 22, 12, 0, 0)) * 1000
 TS_ISO = "2026-11-22T10:00:00.123Z"
 TS_MS = calendar.timegm((2026, 11, 22, 10, 0, 0)) * 1000 + 123
 VALID: dict[str, Any] = {
-    "event_id": "e-1", "event_type": "click", "user_id": "u1", "item_id": "i9", "ts": TS_ISO,
-    "request_id": "r-7", "position": 2, "propensity": 0.31, "context": {"device": "ios"},
+    "event_id": "e-1",
+    "event_type": "click",
+    "user_id": "u1",
+    "item_id": "i9",
+    "ts": TS_ISO,
+    "request_id": "r-7",
+    "position": 2,
+    "propensity": 0.31,
+    "context": {"device": "ios"},
 }
 
 
@@ -65,8 +72,12 @@ def test_round_trip_via_to_bytes() -> None:
     assert parse_event(minimal.to_bytes(), now_ms=NOW) == minimal
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG events.py _ts_ms: int(dt.timestamp()*1000) "
-                   "truncates float error, so some ISO ms timestamps parse 1 ms early")
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG events.py _ts_ms: int(dt.timestamp()*1000) truncates float "
+    "error, so some ISO ms timestamps parse 1 ms early",
+)
 def test_round_trip_keeps_every_millisecond() -> None:
     rng = random.Random(0)
     for _ in range(5000):
@@ -149,7 +160,7 @@ def test_wrong_types(changes: dict[str, Any], field: str) -> None:
 
 
 def test_context_limits_accept_the_maximum() -> None:
-    ctx = {f"k{i}": i for i in range(MAX_CONTEXT_KEYS)}
+    ctx: dict[str, Any] = {f"k{i}": i for i in range(MAX_CONTEXT_KEYS)}
     ctx.update(k0="x" * 128, k1=True, k2=0.5)
     assert parse({**VALID, "context": ctx}).context == ctx
 
@@ -163,8 +174,16 @@ def test_unknown_field_reject_and_ignore() -> None:
 
 
 @pytest.mark.parametrize(
-    "ts", ["2026-11-22T10:00:00", "2026-11-22T10:00:00.123", "1999-12-31T23:59:59.999Z",
-           MIN_TS_MS - 1, 1_700_000_000, NOW + 300_001, "2026-11-22T12:05:01Z"],
+    "ts",
+    [
+        "2026-11-22T10:00:00",
+        "2026-11-22T10:00:00.123",
+        "1999-12-31T23:59:59.999Z",
+        MIN_TS_MS - 1,
+        1_700_000_000,
+        NOW + 300_001,
+        "2026-11-22T12:05:01Z",
+    ],
 )
 def test_bad_timestamps(ts: Any) -> None:
     assert rejected(with_(ts=ts)).field == "ts"
@@ -177,14 +196,22 @@ def test_timestamp_bounds_are_inclusive() -> None:
     assert rejected(with_(ts=NOW + 11), max_future_skew_ms=10).field == "ts"
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="BUG events.py validate_event: float(propensity) "
-                   "raises OverflowError (not InvalidEvent) for a huge JSON integer")
+@pytest.mark.xfail(
+    strict=True,
+    raises=OverflowError,
+    reason="BUG events.py validate_event: float(propensity) raises "
+    "OverflowError (not InvalidEvent) for a huge JSON integer",
+)
 def test_huge_integer_propensity_is_invalid_event() -> None:
     assert rejected(with_(propensity=10**400)).field == "propensity"
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="BUG events.py _id: a lone-surrogate escape passes "
-                   "validation, then cannot be UTF-8 encoded by SQLite/Redis/Feast")
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="BUG events.py _id: a lone-surrogate escape passes validation, "
+    "then cannot be UTF-8 encoded by SQLite/Redis/Feast",
+)
 def test_lone_surrogate_id_is_rejected() -> None:
     assert rejected(with_(user_id="u\ud800")).field == "user_id"
 
@@ -192,10 +219,41 @@ def test_lone_surrogate_id_is_rejected() -> None:
 # --- fuzz --------------------------------------------------------------------------------
 
 _POOL: list[Any] = [
-    None, True, False, 0, 1, -1, 3, 0.5, 1.0, 1.5, -0.0, 2**63, 2**70, -(2**70), 1e308, "",
-    "x", "click", "impression", "2026-11-22T10:00:00Z", "2026-11-22T10:00:00", "0001-01-01",
-    "9999-12-31T23:59:59+14:00", "\ud800", "é" * 130, [], [1, "a"], {}, {"a": 1},
-    {"a": {"b": []}}, TS_MS, MIN_TS_MS, NOW + 10**6, float("nan"), float("inf"),
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    3,
+    0.5,
+    1.0,
+    1.5,
+    -0.0,
+    2**63,
+    2**70,
+    -(2**70),
+    1e308,
+    "",
+    "x",
+    "click",
+    "impression",
+    "2026-11-22T10:00:00Z",
+    "2026-11-22T10:00:00",
+    "0001-01-01",
+    "9999-12-31T23:59:59+14:00",
+    "\ud800",
+    "é" * 130,
+    [],
+    [1, "a"],
+    {},
+    {"a": 1},
+    {"a": {"b": []}},
+    TS_MS,
+    MIN_TS_MS,
+    NOW + 10**6,
+    float("nan"),
+    float("inf"),
     # 10**400 is left out: it trips the OverflowError bug (see the xfail test above).
 ]
 
@@ -218,7 +276,7 @@ def _random_bytes(rng: random.Random) -> bytes:
     for _ in range(rng.randrange(1, 4)):
         raw[rng.randrange(len(raw))] = rng.randrange(256)
     if mode == 2:
-        del raw[rng.randrange(len(raw)):]
+        del raw[rng.randrange(len(raw)) :]
     return bytes(raw)
 
 
@@ -226,10 +284,7 @@ def test_fuzz_raises_only_invalid_event() -> None:
     rng = random.Random(0)
     accepted = rejected_n = 0
     for i in range(2000):
-        if i % 2:
-            raw = _random_bytes(rng)
-        else:
-            raw = json.dumps(_random_obj(rng)).encode()
+        raw = _random_bytes(rng) if i % 2 else json.dumps(_random_obj(rng)).encode()
         try:
             ev = parse_event(raw, now_ms=NOW, unknown_fields=rng.choice(["reject", "ignore"]))
         except InvalidEvent as exc:
@@ -239,7 +294,8 @@ def test_fuzz_raises_only_invalid_event() -> None:
         accepted += 1
         assert ev.event_type in EVENT_TYPES
         assert MIN_TS_MS <= ev.ts_ms <= NOW + 300_000
-        assert all(isinstance(x, str) and 0 < len(x) <= 128
-                   for x in (ev.event_id, ev.user_id, ev.item_id))
+        assert all(
+            isinstance(x, str) and 0 < len(x) <= 128 for x in (ev.event_id, ev.user_id, ev.item_id)
+        )
         assert ev.propensity is None or 0.0 < ev.propensity <= 1.0
     assert accepted > 50 and rejected_n > 500  # the fuzz reached both outcomes

@@ -108,5 +108,20 @@ def test_unrelated_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_settings_are_frozen() -> None:
     s = load_settings()
     with pytest.raises(ValidationError):
-        s.topic_partitions = 9  # type: ignore[misc]
+        s.topic_partitions = 9
     assert isinstance(s, Settings) and s.topic_partitions == 4
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="BUG settings.py _reject_unknown_env: pydantic-settings reads env "
+    "names case-insensitively, but only upper-case STREAMREC_ typos are caught",
+)
+def test_lower_case_typo_is_rejected_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("streamrec_topic_partitions", "7")
+    assert load_settings().topic_partitions == 7  # lower case names are honoured ...
+    monkeypatch.delenv("streamrec_topic_partitions")
+    monkeypatch.setenv("streamrec_topics_partitions", "8")
+    with pytest.raises(ConfigError):  # ... so a lower case typo must not pass silently
+        load_settings()

@@ -1,0 +1,215 @@
+"""`streamrec bench ingest`: sustained events/s and event-to-feature freshness.
+
+Setup (not timed): an embedded tansu broker on a free port, Redis (STREAMREC_REDIS_URL, or
+a redis-server of its own) or SQLite, the Feast repository, one stream worker process, and
+the simulated events generated in memory. Timed: from the first produce until a marker
+event sent last to every partition is readable through Feast's `get_online_features`.
+Partitions are consumed in order, so a visible marker means every earlier event of its
+partition is in the online store.
+
+Freshness comes from the worker: for each feature row it writes, the time from the oldest
+event folded into that row (event time, stamped at produce) to the write completing.
+Every event of the row is counted at that worst lag, so the percentiles are upper bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Producer
+
+from features.online_reader import read_features
+from features.repo import apply
+from streamrec.errors import StreamrecError
+from streamrec.settings import load_settings
+from streamrec.simulation import World, WorldParams
+from streams.broker import EmbeddedBroker, free_port, port_open, stop_process
+from streams.demo import settings_env
+from streams.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+PARTITIONS = 4
+
+
+def _own_redis(stack: ExitStack, workdir: Path) -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StreamrecError("bench needs Redis: set STREAMREC_REDIS_URL or install redis-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    stack.callback(stop_process, proc)
+    while not port_open("127.0.0.1", port):
+        time.sleep(0.05)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def weighted_percentile(values: list[int], weights: list[int], q: float) -> float:
+    if not values:
+        return float("nan")
+    order = np.argsort(values)
+    v = np.asarray(values, dtype=float)[order]
+    cum = np.cumsum(np.asarray(weights, dtype=float)[order])
+    return float(v[np.searchsorted(cum, q * cum[-1])])
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], timeout_s: float) -> threading.Thread:
+    """Wait until the worker owns partitions; keep draining its stderr afterwards."""
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stderr is not None  # noqa: S101 - set by Popen(stderr=PIPE)
+        for line in proc.stderr:
+            if b"assigned partitions" in line:
+                ready.set()
+            if b"ERROR" in line or b"Traceback" in line:
+                sys.stderr.write(line.decode(errors="replace"))
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    if not ready.wait(timeout_s):
+        raise StreamrecError("stream worker did not join the group in time")
+    return t
+
+
+def run_ingest_bench(*, events: int, users: int, items: int, store: str) -> dict[str, Any]:
+    with ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
+        stack.callback(shutil.rmtree, workdir, True)
+        broker = EmbeddedBroker(free_port()).start()
+        stack.callback(broker.stop)
+        redis_url = None
+        if store == "redis":
+            redis_url = os.environ.get("STREAMREC_REDIS_URL") or _own_redis(stack, workdir)
+        tag = f"{os.getpid()}{int(time.time())}"
+        settings = load_settings(
+            data_dir=workdir / "data",
+            kafka_bootstrap=broker.bootstrap,
+            redis_url=redis_url,
+            topic_partitions=PARTITIONS,
+            consumer_group=f"bench-{tag}",
+            feast_project=f"b{tag}",
+            session_timeout_ms=3000,
+            log_level="INFO",
+        )
+        ensure_topics(settings.bootstrap, [settings.events_topic, settings.dlq_topic], PARTITIONS)
+        feast_store = apply(settings)
+
+        world = World(WorldParams(users=users, items=items, seed=7))
+        log.info("generating %d events", events)
+        payloads = list(world.events(events))
+
+        stats_path = workdir / "stats.json"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamrec.cli", "worker", "--stats-out", str(stats_path)],
+            env=settings_env(settings),
+            stderr=subprocess.PIPE,
+        )
+        stack.callback(stop_process, proc, 5)
+        _wait_ready(proc, 60)
+
+        producer = Producer(
+            {
+                "bootstrap.servers": settings.bootstrap,
+                "linger.ms": 20,
+                "batch.num.messages": 10_000,
+                "compression.type": "lz4",
+                "queue.buffering.max.messages": 1_000_000,
+            }
+        )
+        topic = settings.events_topic
+        dumps = json.dumps
+        started = time.time()
+        now_ms = int(started * 1000)
+        for k, ev in enumerate(payloads):
+            if k % 256 == 0:
+                now_ms = int(time.time() * 1000)
+                producer.poll(0)
+            ev["ts"] = now_ms
+            value = dumps(ev, separators=(",", ":")).encode()
+            while True:
+                try:
+                    producer.produce(topic, value, ev["user_id"].encode())
+                    break
+                except BufferError:
+                    producer.poll(0.005)
+        markers = {}
+        for p in range(PARTITIONS):
+            uid = f"bench-marker-{p}"
+            markers[uid] = int(time.time() * 1000)
+            producer.produce(
+                topic,
+                dumps(
+                    {
+                        "event_id": f"marker-{tag}-{p}",
+                        "user_id": uid,
+                        "event_type": "view",
+                        "item_id": "marker",
+                        "ts": markers[uid],
+                    }
+                ).encode(),
+                uid.encode(),
+                partition=p,
+            )
+        producer.flush(120)
+        produced_s = time.time() - started
+
+        deadline = time.monotonic() + 600
+        while True:
+            rows = read_features(feast_store, "user", list(markers))
+            if all((r["last_seen_ms"] or 0) >= markers[r["user_id"]] for r in rows):
+                break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise StreamrecError("features never became visible; see worker output")
+            time.sleep(0.01)
+        elapsed = time.time() - started
+
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        stats = json.loads(stats_path.read_text())
+        lags, counts = stats["lags_ms"], stats["counts"]
+        return {
+            "events": events,
+            "events_per_s": round((events + PARTITIONS) / elapsed),
+            "elapsed_s": round(elapsed, 2),
+            "produce_s": round(produced_s, 2),
+            "freshness_p50_ms": round(weighted_percentile(lags, counts, 0.50), 1),
+            "freshness_p99_ms": round(weighted_percentile(lags, counts, 0.99), 1),
+            "freshness_max_ms": max(lags) if lags else None,
+            "user_rows_written": len(lags),
+            "online_store": store,
+            "broker": "tansu (embedded)",
+            "partitions": PARTITIONS,
+            "workers": 1,
+            "users": users,
+            "items": items,
+            "cpu_count": os.cpu_count(),
+        }
