@@ -97,7 +97,7 @@ def worker(
     if metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, addr="127.0.0.1")
+        start_http_server(metrics_port, addr=metrics_addr)
     w = StreamWorker(get_settings(), stats_path=stats_out)
     install_signal_handlers(w)
     w.run(idle_exit_s=idle_exit)

@@ -17,7 +17,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from streamrec.errors import InvalidEvent
@@ -32,6 +32,9 @@ MAX_CONTEXT_KEYS = 16
 MAX_CONTEXT_VALUE_CHARS = 128
 MAX_POSITION = 10_000
 MIN_TS_MS = 946_684_800_000  # 2000-01-01: anything earlier is a unit mistake, not history.
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 UnknownFields = Literal["reject", "ignore"]
 ContextValue = str | int | float | bool
@@ -90,7 +93,16 @@ def _id(obj: dict[str, Any], name: str, required: bool = True) -> str | None:
         raise InvalidEvent(f"must be a string, got {type(value).__name__}", name)
     if not value or len(value) > MAX_ID_CHARS:
         raise InvalidEvent(f"must be 1..{MAX_ID_CHARS} characters", name)
+    _check_utf8(value, name)
     return value
+
+
+def _check_utf8(value: str, name: str) -> None:
+    """JSON may carry lone surrogates (\\ud800) that no store can encode: reject them here."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidEvent("is not valid Unicode (lone surrogate)", name) from None
 
 
 def _ts_ms(value: Any, now_ms: int, max_future_skew_ms: int) -> int:
@@ -105,7 +117,7 @@ def _ts_ms(value: Any, now_ms: int, max_future_skew_ms: int) -> int:
             raise InvalidEvent(f"is not ISO 8601: {value[:40]!r}", "ts") from None
         if dt.tzinfo is None:
             raise InvalidEvent("needs an explicit UTC offset (e.g. a trailing Z)", "ts")
-        ts = int(dt.timestamp() * 1000)
+        ts = (dt - _EPOCH) // _ONE_MS  # exact integer arithmetic, no float rounding
     else:
         raise InvalidEvent("must be an ISO 8601 string or epoch milliseconds", "ts")
     if ts < MIN_TS_MS:
@@ -125,9 +137,11 @@ def _context(value: Any) -> dict[str, ContextValue]:
     for key, item in value.items():
         if len(key) > MAX_ID_CHARS:
             raise InvalidEvent(f"key longer than {MAX_ID_CHARS} characters", "context")
+        _check_utf8(key, "context")
         if isinstance(item, str):
             if len(item) > MAX_CONTEXT_VALUE_CHARS:
                 raise InvalidEvent(f"value of {key!r} is too long", "context")
+            _check_utf8(item, "context")
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise InvalidEvent(f"value of {key!r} is not finite", "context")
@@ -169,7 +183,7 @@ def validate_event(
     if propensity is not None:
         if isinstance(propensity, bool) or not isinstance(propensity, int | float):
             raise InvalidEvent("must be a number in (0, 1]", "propensity")
-        if not 0.0 < float(propensity) <= 1.0:
+        if not 0 < propensity <= 1:  # compare before float(): a huge int would overflow
             raise InvalidEvent("must be a number in (0, 1]", "propensity")
         propensity = float(propensity)
     return Event(

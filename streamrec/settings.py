@@ -113,8 +113,10 @@ class Settings(BaseSettings):
 def _reject_unknown_env() -> None:
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
     for key in os.environ:
-        if key.startswith(ENV_PREFIX) and key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
+        # pydantic-settings matches names case-insensitively, so the check does too.
+        upper = key.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in known:
+            hint = difflib.get_close_matches(upper, known, n=1)
             extra = f" Did you mean {hint[0]}?" if hint else ""
             raise ConfigError(f"Unknown setting {key}.{extra} See `streamrec config`.")
 

@@ -120,7 +120,7 @@ class World:
     def events(self, n: int) -> Iterator[dict[str, Any]]:
         """Exactly `n` events (without `ts`) from as many sessions as needed."""
         produced = 0
-        while True:
+        while produced < n:
             for ev in self.session():
                 yield ev
                 produced += 1

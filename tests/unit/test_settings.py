@@ -112,12 +112,6 @@ def test_settings_are_frozen() -> None:
     assert isinstance(s, Settings) and s.topic_partitions == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG settings.py _reject_unknown_env: pydantic-settings reads env "
-    "names case-insensitively, but only upper-case STREAMREC_ typos are caught",
-)
 def test_lower_case_typo_is_rejected_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("streamrec_topic_partitions", "7")
     assert load_settings().topic_partitions == 7  # lower case names are honoured ...

@@ -97,11 +97,6 @@ def test_events_yields_exactly_n_valid_events(n: int) -> None:
             assert ev.request_id is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG simulation.py World.events: yields before checking n, so 0 -> 1",
-)
 def test_events_zero() -> None:
     assert stream(SMALL, 0) == []
 

@@ -1,0 +1,14 @@
+FROM python:3.11-slim
+WORKDIR /app
+# torch first and pinned (CPU wheel index), so pip never resolves the CUDA build.
+RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+COPY pyproject.toml README.md ./
+COPY streamrec streamrec
+COPY streams streams
+COPY features features
+COPY models models
+COPY index index
+COPY online online
+COPY offline offline
+COPY benchmarks benchmarks
+RUN pip install --no-cache-dir .
