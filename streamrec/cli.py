@@ -87,6 +87,9 @@ def worker(
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port.")
     ] = None,
+    metrics_addr: Annotated[
+        str, typer.Option(help="Address the metrics server binds (0.0.0.0 in a container).")
+    ] = "127.0.0.1",
     stats_out: Annotated[
         Path | None, typer.Option(help="Write freshness samples as JSON here on exit (benchmarks).")
     ] = None,
