@@ -63,7 +63,7 @@ def encode_value(value: Any) -> bytes:
         return b"\x29" + _F64.pack(value)
     if isinstance(value, str):
         return _len_prefixed(0x12, value.encode())
-    if isinstance(value, Sequence):
+    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
         inner = b"".join(_len_prefixed(0x0A, s.encode()) for s in value)
         return _len_prefixed(0x62, inner)
     raise TypeError(f"no Feast encoding for {type(value).__name__}")

@@ -87,9 +87,9 @@ class ArchiveSink:
                 partition,
                 ckpt,
             )
+        self._rows -= len(self._buffer.pop(partition, []))
         self._flushed[partition] = ckpt
         self._handled[partition] = ckpt
-        self._buffer.pop(partition, None)
         return ckpt
 
     def forget(self, partition: int) -> None:

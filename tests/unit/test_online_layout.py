@@ -167,3 +167,11 @@ def test_value_text() -> None:
     assert layout.value_text(0.5) == "0.5"
     assert layout.value_text(True) == "True"
     assert layout.value_text(["a"]) is None
+
+
+def test_bytes_and_other_types_have_no_encoding() -> None:
+    from features.online_layout import encode_value
+
+    for value in (b"ab", bytearray(b"x"), {"a": 1}, None):
+        with pytest.raises(TypeError):
+            encode_value(value)
