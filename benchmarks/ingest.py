@@ -36,8 +36,9 @@ from features.repo import apply
 from streamrec.errors import StreamrecError
 from streamrec.settings import load_settings
 from streamrec.simulation import World, WorldParams
-from streams.broker import EmbeddedBroker, free_port, port_open, stop_process
+from streams.broker import EmbeddedBroker, free_port, stop_process
 from streams.demo import settings_env
+from streams.local_redis import start_redis_server
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -45,31 +46,9 @@ PARTITIONS = 4
 
 
 def _own_redis(stack: ExitStack, workdir: Path) -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise StreamrecError("bench needs Redis: set STREAMREC_REDIS_URL or install redis-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
+    url, proc = start_redis_server(workdir)
     stack.callback(stop_process, proc)
-    while not port_open("127.0.0.1", port):
-        time.sleep(0.05)
-    return f"redis://127.0.0.1:{port}/0"
+    return url
 
 
 def weighted_percentile(values: list[int], weights: list[int], q: float) -> float:

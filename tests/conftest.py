@@ -6,9 +6,6 @@ Under CI=true a missing service is a failure, never a skip.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,8 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from streamrec.errors import StoreError
 from streamrec.settings import Settings, load_settings
-from streams.broker import EmbeddedBroker, free_port, port_open
+from streams.broker import EmbeddedBroker, free_port, stop_process
+from streams.local_redis import start_redis_server
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -51,37 +50,12 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server of our own on a free port (the machine's Redis stays untouched)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        _missing("redis-server")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 10
-    while not port_open("127.0.0.1", port):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            _missing("a running redis-server")
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    try:
+        url, proc = start_redis_server(tmp_path_factory.mktemp("redis"))
+    except StoreError as exc:
+        _missing(f"redis-server ({exc.message})")
+    yield url
+    stop_process(proc, 10)
 
 
 SettingsFactory = Callable[..., Settings]
