@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from streamrec import cli_batch
 from streamrec.errors import StreamrecError
 from streamrec.settings import Settings, get_settings
 
@@ -24,6 +25,10 @@ bench_app = typer.Typer(help="Benchmarks that print their figures.", no_args_is_
 app.add_typer(features_app, name="features")
 app.add_typer(topics_app, name="topics")
 app.add_typer(bench_app, name="bench")
+app.add_typer(cli_batch.models_app, name="models")
+app.command("retrain")(cli_batch.retrain)
+app.command("import")(cli_batch.import_)
+app.command("recommend")(cli_batch.recommend)
 
 log = logging.getLogger("streamrec")
 
@@ -115,11 +120,24 @@ def simulate(
         float, typer.Option(help="Events per second; 0 = as fast as possible.")
     ] = 2000.0,
     seed: Annotated[int, typer.Option(help="Seed of the world and the stream.")] = 0,
+    to_archive: Annotated[
+        bool,
+        typer.Option(help="Write a backdated history straight into the offline store instead."),
+    ] = False,
+    days: Annotated[
+        float, typer.Option(help="With --to-archive: days of history, ending now.")
+    ] = 7.0,
 ) -> None:
     """Produce a realistic event stream with a planted ground truth (saved for later stages)."""
     from streams.simulate import run_simulation
 
     s = get_settings()
+    if to_archive:
+        from offline.simulate import write_history
+
+        n = write_history(s, users=users, items=items, events=events, days=days, seed=seed)
+        typer.echo(f"wrote {n} simulated events over {days} days to {s.archive_dir}")
+        return
     sent, _ = run_simulation(s, users=users, items=items, events=events, rate=rate, seed=seed)
     typer.echo(
         f"produced {sent} events to {s.events_topic} on {s.bootstrap};"
@@ -137,6 +155,20 @@ def features_apply() -> None:
     typer.echo(
         f"feature repository applied: {s.feature_repo_dir} "
         f"(online store: {'redis' if s.redis_url else 'sqlite'})"
+    )
+
+
+@features_app.command("backfill")
+def features_backfill() -> None:
+    """Rebuild the feature log (Feast's offline source) from the archived events."""
+    from features.backfill import backfill
+    from offline.archive import read_events
+
+    s = get_settings()
+    counts = backfill(s, read_events(s.archive_dir, columns=()))
+    typer.echo(
+        f"feature log rebuilt: {counts['user_rows']:,} user rows, {counts['item_rows']:,} "
+        f"item rows under {s.data_dir / 'feature_log'}"
     )
 
 
@@ -180,9 +212,42 @@ def bench_ingest(
     """Events/s from first produce to last feature visible, and event-to-feature freshness."""
     from benchmarks.ingest import run_ingest_bench
 
-    result = run_ingest_bench(events=events, users=users, items=items, store=store)
+    _print_result(run_ingest_bench(events=events, users=users, items=items, store=store), as_json)
+
+
+@bench_app.command("train")
+def bench_train(
+    interactions: Annotated[int, typer.Option(help="Simulated interactions (clicks).")] = 1_000_000,
+    users: Annotated[int, typer.Option(help="Simulated users.")] = 100_000,
+    items: Annotated[int, typer.Option(help="Simulated items.")] = 50_000,
+    epochs: Annotated[int, typer.Option(help="Epochs to time (early stopping off).")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Two-tower training speed (examples/s, epoch seconds) and the resulting holdout metrics."""
+    from benchmarks.train import run_train_bench
+
+    _print_result(
+        run_train_bench(interactions=interactions, users=users, items=items, epochs=epochs),
+        as_json,
+    )
+
+
+@bench_app.command("index")
+def bench_index(
+    items: Annotated[int, typer.Option(help="Catalogue size.")] = 1_000_000,
+    dim: Annotated[int, typer.Option(help="Embedding dimension.")] = 64,
+    queries: Annotated[int, typer.Option(help="Queries timed one at a time.")] = 2000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Index build time, single-query p50/p99, batch QPS and recall@100 against exact."""
+    from benchmarks.index import run_index_bench
+
+    _print_result(run_index_bench(items=items, dim=dim, queries=queries), as_json)
+
+
+def _print_result(result: dict[str, object], as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(result))
+        typer.echo(json.dumps(result, default=str))
     else:
         for k, v in result.items():
             typer.echo(f"{k:>22}: {v}")

@@ -40,3 +40,15 @@ class StoreError(StreamrecError):
     """The online store or stream state store could not be reached or is not set up."""
 
     http_status = 503
+
+
+class DataError(StreamrecError):
+    """Input data (an import file, an archive window, a training set) is unusable as given."""
+
+    http_status = 422
+
+
+class ArtifactError(StreamrecError):
+    """A model or index artifact is missing, corrupted, tampered with or incompatible."""
+
+    http_status = 503

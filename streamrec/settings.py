@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     def feature_repo_dir(self) -> Path:
         return self.data_dir / "feature_repo"
 
+    @property
+    def registry_dir(self) -> Path:
+        return self.data_dir / "registry"
+
 
 def _reject_unknown_env() -> None:
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}

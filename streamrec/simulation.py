@@ -127,6 +127,55 @@ class World:
                 if produced >= n:
                     return
 
+    def history(self, n: int, start_ms: int, span_ms: int) -> Iterator[dict[str, Any]]:
+        """Exactly `n` events with event times: sessions spread evenly over the span.
+
+        A backdated log for offline work (training, evaluation, demos) that needs days of
+        history without waiting for them; events of one session are a second apart.
+        """
+        if n < 1 or span_ms < 1:
+            return
+        sessions = max(1, n // (self.params.slate + 2))
+        gap = span_ms / sessions
+        produced, s = 0, 0
+        while produced < n:
+            t0 = start_ms + int(min(s, sessions - 1) * gap)
+            for k, ev in enumerate(self.session()):
+                ev["ts"] = t0 + 1000 * k
+                yield ev
+                produced += 1
+                if produced >= n:
+                    return
+            s += 1
+
+    def click_log(self, n: int, start_ms: int, span_ms: int) -> dict[str, np.ndarray]:
+        """`n` clicks drawn in bulk from the same click model, impressions left out.
+
+        The shape a team's own interaction history has (`user_id,item_id,timestamp`):
+        what benchmarks and `streamrec import` tests train on at millions of rows, where
+        the session-by-session generator would take minutes. Slates are drawn with
+        replacement here (a rare repeat in a slate), the only difference.
+        """
+        p, rng = self.params, self._rng
+        users_out, items_out = [], []
+        have = 0
+        while have < n:
+            sessions = max(1024, int((n - have) / 0.5))
+            users = rng.choice(p.users, size=sessions, p=self.activity)
+            slates = rng.choice(p.items, size=(sessions, p.slate), p=self.popularity)
+            pos = np.broadcast_to(np.arange(p.slate), slates.shape)
+            probs = self.click_prob(
+                np.repeat(users, p.slate), slates.ravel(), pos.ravel()
+            ).reshape(slates.shape)
+            clicked = rng.random(slates.shape) < probs
+            users_out.append(np.broadcast_to(users[:, None], slates.shape)[clicked])
+            items_out.append(slates[clicked])
+            have += int(clicked.sum())
+        users_arr = np.concatenate(users_out)[:n]
+        items_arr = np.concatenate(items_out)[:n]
+        ts = start_ms + np.sort(rng.integers(0, span_ms, size=n))
+        return {"user": users_arr, "item": items_arr, "ts_ms": ts}
+
     # --- persistence -------------------------------------------------------------------
 
     def save(self, path: Path) -> None:

@@ -1,0 +1,110 @@
+"""Hyperparameters of the two-tower model, read from a TOML file (`models/two_tower.toml`).
+
+The pydantic defaults mirror the shipped file, so code that builds `TwoTowerConfig()`
+and a run that loads the file train the same model; a test holds the two equal.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from streamrec.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("two_tower.toml")
+Width = Annotated[int, Field(ge=1)]
+
+
+class TwoTowerConfig(BaseModel):
+    """Architecture, optimisation and run settings of one two-tower training."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- architecture ----------------------------------------------------------------
+    embedding_dim: int = Field(64, ge=1, description="Size D of the shared user/item space.")
+    id_dim: int = Field(32, ge=1, description="Width of the user-bucket and item-id embeddings.")
+    user_buckets: int = Field(
+        100_000, ge=1, description="Hash buckets for user ids (collisions accepted)."
+    )
+    user_hidden: tuple[Width, ...] = Field(
+        (128,), description="Hidden layer widths of the user-tower MLP (empty = linear)."
+    )
+    item_hidden: tuple[Width, ...] = Field(
+        (128,), description="Hidden layer widths of the item-tower MLP (empty = linear)."
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
+
+    # --- loss --------------------------------------------------------------------------
+    temperature: float = Field(
+        0.05, gt=0.0, description="Softmax temperature over cosine scores (smaller = sharper)."
+    )
+    logq_correction: bool = Field(
+        True, description="Subtract log sampling probability from in-batch logits (popularity)."
+    )
+
+    # --- optimisation ------------------------------------------------------------------
+    batch_size: int = Field(
+        1024, ge=2, description="Examples per step; also the number of in-batch negatives."
+    )
+    lr: float = Field(2e-3, gt=0.0, description="AdamW learning rate of the MLP weights.")
+    embedding_lr: float = Field(
+        1e-2, gt=0.0, description="SparseAdam learning rate of the id embedding tables."
+    )
+    weight_decay: float = Field(
+        1e-5, ge=0.0, description="AdamW weight decay of the MLP weights (not the id tables)."
+    )
+    max_epochs: int = Field(20, ge=1, description="Upper bound on passes over the training set.")
+    patience: int = Field(
+        2, ge=1, description="Epochs without validation improvement before stopping."
+    )
+    min_delta: float = Field(
+        1e-4, ge=0.0, description="Smallest validation-loss drop that counts as improvement."
+    )
+    validation_fraction: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Latest share of examples held out for early stopping (0 = none).",
+    )
+
+    # --- run ---------------------------------------------------------------------------
+    seed: int = Field(0, ge=0, description="Seed of weight init, dropout and shuffling.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to train; auto = CUDA when present, else CPU."
+    )
+    amp: bool = Field(
+        True, description="Mixed precision (bf16, else fp16) on CUDA; ignored on CPU."
+    )
+    num_threads: int = Field(0, ge=0, description="CPU threads for torch (0 = torch's default).")
+    progress_every: int = Field(
+        100, ge=0, description="Report progress every this many steps (0 = per epoch only)."
+    )
+
+
+def load_config(path: Path = DEFAULT_CONFIG_PATH) -> TwoTowerConfig:
+    """Read a TOML file of `TwoTowerConfig` keys; raise ConfigError naming a bad key."""
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"Unable to read model config at '{path}' ({exc}).") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Model config '{path}' is not valid TOML: {exc}.") from exc
+    known = set(TwoTowerConfig.model_fields)
+    for key in raw:
+        if key not in known:
+            hint = difflib.get_close_matches(key, sorted(known), n=1)
+            extra = f" Did you mean '{hint[0]}'?" if hint else ""
+            raise ConfigError(f"Unknown key '{key}' in model config '{path}'.{extra}")
+    try:
+        return TwoTowerConfig(**raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(
+            f"Bad value for '{key}' in model config '{path}': {first['msg']}."
+        ) from exc
