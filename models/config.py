@@ -25,63 +25,80 @@ class TwoTowerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # --- architecture ----------------------------------------------------------------
-    embedding_dim: int = Field(64, ge=1, description="Size D of the shared user/item space.")
-    id_dim: int = Field(32, ge=1, description="Width of the user-bucket and item-id embeddings.")
+    embedding_dim: int = Field(
+        default=64, ge=1, description="Size D of the shared user/item space."
+    )
+    id_dim: int = Field(
+        default=32, ge=1, description="Width of the user-bucket and item-id embeddings."
+    )
     user_buckets: int = Field(
-        100_000, ge=1, description="Hash buckets for user ids (collisions accepted)."
+        default=100_000, ge=1, description="Hash buckets for user ids (collisions accepted)."
     )
     user_hidden: tuple[Width, ...] = Field(
-        (128,), description="Hidden layer widths of the user-tower MLP (empty = linear)."
+        default=(128,), description="Hidden layer widths of the user-tower MLP (empty = linear)."
     )
     item_hidden: tuple[Width, ...] = Field(
-        (128,), description="Hidden layer widths of the item-tower MLP (empty = linear)."
+        default=(128,), description="Hidden layer widths of the item-tower MLP (empty = linear)."
     )
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
+    dropout: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer."
+    )
 
     # --- loss --------------------------------------------------------------------------
     temperature: float = Field(
-        0.05, gt=0.0, description="Softmax temperature over cosine scores (smaller = sharper)."
+        default=0.05,
+        gt=0.0,
+        description="Softmax temperature over cosine scores (smaller = sharper).",
     )
     logq_correction: bool = Field(
-        True, description="Subtract log sampling probability from in-batch logits (popularity)."
+        default=True,
+        description="Subtract log sampling probability from in-batch logits (popularity).",
     )
 
     # --- optimisation ------------------------------------------------------------------
     batch_size: int = Field(
-        1024, ge=2, description="Examples per step; also the number of in-batch negatives."
+        default=1024, ge=2, description="Examples per step; also the number of in-batch negatives."
     )
-    lr: float = Field(2e-3, gt=0.0, description="AdamW learning rate of the MLP weights.")
+    lr: float = Field(default=2e-3, gt=0.0, description="AdamW learning rate of the MLP weights.")
     embedding_lr: float = Field(
-        1e-2, gt=0.0, description="SparseAdam learning rate of the id embedding tables."
+        default=1e-2, gt=0.0, description="SparseAdam learning rate of the id embedding tables."
     )
     weight_decay: float = Field(
-        1e-5, ge=0.0, description="AdamW weight decay of the MLP weights (not the id tables)."
+        default=1e-5,
+        ge=0.0,
+        description="AdamW weight decay of the MLP weights (not the id tables).",
     )
-    max_epochs: int = Field(20, ge=1, description="Upper bound on passes over the training set.")
+    max_epochs: int = Field(
+        default=20, ge=1, description="Upper bound on passes over the training set."
+    )
     patience: int = Field(
-        2, ge=1, description="Epochs without validation improvement before stopping."
+        default=2, ge=1, description="Epochs without validation improvement before stopping."
     )
     min_delta: float = Field(
-        1e-4, ge=0.0, description="Smallest validation-loss drop that counts as improvement."
+        default=1e-4,
+        ge=0.0,
+        description="Smallest validation-loss drop that counts as improvement.",
     )
     validation_fraction: float = Field(
-        0.05,
+        default=0.05,
         ge=0.0,
         lt=1.0,
         description="Latest share of examples held out for early stopping (0 = none).",
     )
 
     # --- run ---------------------------------------------------------------------------
-    seed: int = Field(0, ge=0, description="Seed of weight init, dropout and shuffling.")
+    seed: int = Field(default=0, ge=0, description="Seed of weight init, dropout and shuffling.")
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where to train; auto = CUDA when present, else CPU."
+        default="auto", description="Where to train; auto = CUDA when present, else CPU."
     )
     amp: bool = Field(
-        True, description="Mixed precision (bf16, else fp16) on CUDA; ignored on CPU."
+        default=True, description="Mixed precision (bf16, else fp16) on CUDA; ignored on CPU."
     )
-    num_threads: int = Field(0, ge=0, description="CPU threads for torch (0 = torch's default).")
+    num_threads: int = Field(
+        default=1, ge=0, description="CPU threads for torch while training (0 = torch default)."
+    )
     progress_every: int = Field(
-        100, ge=0, description="Report progress every this many steps (0 = per epoch only)."
+        default=100, ge=0, description="Report progress every this many steps (0 = per epoch only)."
     )
 
 

@@ -167,8 +167,11 @@ def train_two_tower(
 
     Without `valid`, the latest `config.validation_fraction` of `examples` by time is held
     out for early stopping (0 = train `max_epochs` with no validation). `progress`, when
-    given, receives a dict every `config.progress_every` steps (event="step") and after
-    every epoch (event="epoch"); see `_train` for the keys.
+    given, receives a dict every `config.progress_every` steps: event="step", epoch, step,
+    steps_per_epoch, train_loss (running mean), examples_per_s; and after every epoch:
+    event="epoch", epoch, step (global), train_loss, valid_loss (None without validation),
+    epoch_s (training pass), valid_s, examples_per_s, best_epoch. `history` holds the
+    epoch dicts without event/step/best_epoch.
     """
     if valid is None and config.validation_fraction > 0.0:
         examples, valid = examples.split_by_time(config.validation_fraction)

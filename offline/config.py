@@ -20,9 +20,7 @@ from streamrec.events import EVENT_TYPES
 
 DEFAULT_RETRAIN_CONFIG = Path(__file__).with_name("retrain.toml")
 
-Metric = Literal[
-    "recall@10", "recall@50", "recall@100", "ndcg@10", "hitrate@10", "coverage@100"
-]
+Metric = Literal["recall@10", "recall@50", "recall@100", "ndcg@10", "hitrate@10", "coverage@100"]
 
 
 class DatasetSection(BaseModel):

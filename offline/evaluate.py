@@ -95,7 +95,9 @@ class ServingModel:
 
 
 def load_serving(version_dir: Path, name: str) -> ServingModel:
-    return ServingModel(name, load_model(version_dir / "model"), ItemVocab.load(version_dir / "vocab.json"))
+    return ServingModel(
+        name, load_model(version_dir / "model"), ItemVocab.load(version_dir / "vocab.json")
+    )
 
 
 def serving_recommendations(ts: TrainingSet, serving: ServingModel, k: int) -> np.ndarray:

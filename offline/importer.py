@@ -63,9 +63,9 @@ def _timestamps(raw: pd.Series) -> np.ndarray:
     out = np.full(len(raw), -1, dtype=np.int64)
     is_num = numeric.notna().to_numpy()
     nums = numeric.to_numpy(dtype=np.float64)
-    out[is_num] = np.where(
-        nums[is_num] < _SECONDS_BELOW, nums[is_num] * 1000, nums[is_num]
-    ).astype(np.int64)
+    out[is_num] = np.where(nums[is_num] < _SECONDS_BELOW, nums[is_num] * 1000, nums[is_num]).astype(
+        np.int64
+    )
     if (~is_num).any():
         parsed = pd.to_datetime(text[~is_num], errors="coerce", utc=True, format="ISO8601")
         ok = parsed.notna().to_numpy()

@@ -8,7 +8,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers or in CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def _fmt_ms(ms: int | None) -> str:
@@ -29,7 +29,9 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_plot(path: Path, metrics: dict[str, dict[str, float]], history: list[dict[str, Any]]) -> None:
+def write_plot(
+    path: Path, metrics: dict[str, dict[str, float]], history: list[dict[str, Any]]
+) -> None:
     """Recall@K by K for each recommender, and the training curves."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for name, m in metrics.items():
@@ -56,12 +58,13 @@ def write_plot(path: Path, metrics: dict[str, dict[str, float]], history: list[d
 def write_report(path: Path, summary: dict[str, Any]) -> None:
     m = summary["metrics"]
     gate = summary["gate"]
+    d = summary["dataset"]
     text = f"""# Retrain report {summary.get("version") or "(not committed)"}
 
 - Data window: {_fmt_ms(summary["window"]["since_ms"])} to {_fmt_ms(summary["window"]["until_ms"])}
 - Holdout from: {_fmt_ms(summary["dataset"]["split_ms"])}
-- Examples: {summary["dataset"]["train_examples"]:,} train, {summary["dataset"]["test_users"]:,} test users,
-  {summary["dataset"]["vocab_items"]:,} items in the vocabulary
+- Examples: {d["train_examples"]:,} train, {d["test_users"]:,} test users,
+  {d["vocab_items"]:,} items in the vocabulary
 - Training: {summary["training"]["epochs"]} epochs (best {summary["training"]["best_epoch"]}),
   {summary["training"]["seconds"]:.1f} s on {summary["training"]["device"]}
 - Index: {summary.get("index", {}).get("kind", "-")}, recall@100 vs exact
@@ -83,7 +86,9 @@ def write_report(path: Path, summary: dict[str, Any]) -> None:
 def write_card(path: Path, summary: dict[str, Any]) -> None:
     m = summary["metrics"]
     metric = summary["gate"]["metric"]
-    lines = [f"- {name}: {metric} = {vals.get(metric, float('nan')):.4f}" for name, vals in m.items()]
+    lines = [
+        f"- {name}: {metric} = {vals.get(metric, float('nan')):.4f}" for name, vals in m.items()
+    ]
     text = f"""# Model card: two-tower retrieval {summary.get("version", "")}
 
 ## Intended use

@@ -36,6 +36,7 @@ class WorldParams:
     pop_weight: float = 0.3
     bias: float = -2.5
     zipf: float = 0.9
+    spread: float = 0.1  # per-dimension spread of users/items around their group centroid
     cart_rate: float = 0.3
     purchase_rate: float = 0.5
     seed: int = 0
@@ -51,8 +52,8 @@ class World:
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
         self.user_group = rng.integers(0, p.groups, size=p.users)
         self.item_group = rng.integers(0, p.groups, size=p.items)
-        self.user_vec = centroids[self.user_group] + 0.35 * rng.normal(size=(p.users, p.dim))
-        self.item_vec = centroids[self.item_group] + 0.35 * rng.normal(size=(p.items, p.dim))
+        self.user_vec = centroids[self.user_group] + p.spread * rng.normal(size=(p.users, p.dim))
+        self.item_vec = centroids[self.item_group] + p.spread * rng.normal(size=(p.items, p.dim))
         self.user_vec /= np.linalg.norm(self.user_vec, axis=1, keepdims=True)
         self.item_vec /= np.linalg.norm(self.item_vec, axis=1, keepdims=True)
         ranks = rng.permutation(p.items) + 1
@@ -164,9 +165,9 @@ class World:
             users = rng.choice(p.users, size=sessions, p=self.activity)
             slates = rng.choice(p.items, size=(sessions, p.slate), p=self.popularity)
             pos = np.broadcast_to(np.arange(p.slate), slates.shape)
-            probs = self.click_prob(
-                np.repeat(users, p.slate), slates.ravel(), pos.ravel()
-            ).reshape(slates.shape)
+            probs = self.click_prob(np.repeat(users, p.slate), slates.ravel(), pos.ravel()).reshape(
+                slates.shape
+            )
             clicked = rng.random(slates.shape) < probs
             users_out.append(np.broadcast_to(users[:, None], slates.shape)[clicked])
             items_out.append(slates[clicked])
