@@ -41,7 +41,7 @@ class TwoTowerConfig(BaseModel):
         default=(128,), description="Hidden layer widths of the item-tower MLP (empty = linear)."
     )
     dropout: float = Field(
-        default=0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer."
+        default=0.3, ge=0.0, lt=1.0, description="Dropout after each hidden layer."
     )
 
     # --- loss --------------------------------------------------------------------------
@@ -59,6 +59,9 @@ class TwoTowerConfig(BaseModel):
     batch_size: int = Field(
         default=1024, ge=2, description="Examples per step; also the number of in-batch negatives."
     )
+    min_steps_per_epoch: int = Field(
+        50, ge=0, description="Shrink the batch (not below 64) so small data gets this many steps."
+    )
     lr: float = Field(default=2e-3, gt=0.0, description="AdamW learning rate of the MLP weights.")
     embedding_lr: float = Field(
         default=1e-2, gt=0.0, description="SparseAdam learning rate of the id embedding tables."
@@ -72,7 +75,7 @@ class TwoTowerConfig(BaseModel):
         default=20, ge=1, description="Upper bound on passes over the training set."
     )
     patience: int = Field(
-        default=2, ge=1, description="Epochs without validation improvement before stopping."
+        default=3, ge=1, description="Epochs without validation improvement before stopping."
     )
     min_delta: float = Field(
         default=1e-4,

@@ -173,6 +173,21 @@ def train_two_tower(
     epoch_s (training pass), valid_s, examples_per_s, best_epoch. `history` holds the
     epoch dicts without event/step/best_epoch.
     """
+    floor = min(64, config.batch_size)
+    if (
+        config.min_steps_per_epoch
+        and len(examples) // config.batch_size < config.min_steps_per_epoch
+    ):
+        smaller = max(floor, len(examples) // config.min_steps_per_epoch)
+        if smaller < config.batch_size:
+            logger.info(
+                "train: %d examples; batch %d -> %d for %d steps per epoch",
+                len(examples),
+                config.batch_size,
+                smaller,
+                config.min_steps_per_epoch,
+            )
+            config = config.model_copy(update={"batch_size": smaller})
     if valid is None and config.validation_fraction > 0.0:
         examples, valid = examples.split_by_time(config.validation_fraction)
     _check_inputs(examples, items, config, "examples")

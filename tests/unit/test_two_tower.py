@@ -253,7 +253,15 @@ def planted(n_users: int = 400, n_items: int = 200, per_user: int = 30, seed: in
     )
 
 
-PLANTED_CONFIG = TwoTowerConfig(user_buckets=1000, batch_size=256, max_epochs=15, num_threads=1)
+PLANTED_CONFIG = TwoTowerConfig(
+    user_buckets=1000,
+    batch_size=256,
+    max_epochs=15,
+    num_threads=1,
+    dropout=0.0,
+    patience=2,
+    min_steps_per_epoch=0,
+)
 
 
 @pytest.fixture(scope="module")
