@@ -17,6 +17,7 @@ is measured on the benchmark's own queries against exact search (faiss IndexFlat
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -57,6 +58,7 @@ def run_index_bench(
 ) -> dict[str, Any]:
     """Build an index over `items` synthetic embeddings and measure it; return the figures."""
     console = Console(stderr=True)
+    load_before = os.getloadavg()[0]
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -110,12 +112,15 @@ def run_index_bench(
         "build_total_s": round(build_total_s, 3),
         "build_recall_at_100": info["recall_at_100"],
         "query_p50_ms": round(float(np.percentile(latencies, 50)) * 1e3, 3),
+        "query_p90_ms": round(float(np.percentile(latencies, 90)) * 1e3, 3),
         "query_p99_ms": round(float(np.percentile(latencies, 99)) * 1e3, 3),
         "batch_size": batch_size,
         "batch_qps": round(queries / batch_s, 1),
         "recall_at_100": round(recall_at_k(found, exact_rows), 4),
         "data": f"L2-normalised mixture of {clusters} Gaussians, spread {spread}, seed {seed}",
         "threads": faiss.omp_get_max_threads(),
+        # Other processes on the same cores show up in the tail latencies: record them.
+        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "faiss_version": faiss.__version__,
     }
     log.info("index bench: %s", result)

@@ -38,7 +38,10 @@ Hit = tuple[str, float]
 
 
 class ItemIndex:
-    """Top-k item search by inner product, with per-query exclusions (e.g. already seen)."""
+    """Top-k item search by inner product, with per-query exclusions (e.g. already seen).
+
+    Searching mutates nothing, so one instance serves concurrent request threads.
+    """
 
     def __init__(
         self, backend: VectorBackend, item_ids: Sequence[str], info: Mapping[str, Any]
@@ -50,7 +53,7 @@ class ItemIndex:
         if len(self._row_of) != len(ids):
             raise DataError("item ids must be unique.")
         self._backend = backend
-        self._ids = ids
+        self._ids = tuple(ids)
         self._info = dict(info)
 
     # --- what it holds -------------------------------------------------------------
@@ -70,8 +73,8 @@ class ItemIndex:
 
     @property
     def item_ids(self) -> Sequence[str]:
-        """Item ids in row order (read-only view)."""
-        return tuple(self._ids)
+        """Item ids in row order (immutable; not copied per call)."""
+        return self._ids
 
     @property
     def info(self) -> dict[str, Any]:
@@ -154,7 +157,7 @@ class ItemIndex:
             if not short or exhaustive:
                 break
             pending = np.asarray(short, dtype=np.int64)
-            exhaustive = False
+            exhaustive = fetch >= limit
             fetch = min(limit, fetch * 2)
         if short:
             log.debug(
@@ -169,7 +172,7 @@ class ItemIndex:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         names = self._backend.save(directory)
-        _write_atomic(directory / ITEMS_FILE, json.dumps(self._ids).encode())
+        _write_atomic(directory / ITEMS_FILE, json.dumps(list(self._ids)).encode())
         names.append(ITEMS_FILE)
         meta = {
             "format_version": FORMAT_VERSION,

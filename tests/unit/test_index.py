@@ -17,7 +17,9 @@ from streamrec.errors import ArtifactError, ConfigError, DataError
 K = 100
 
 
-def clustered(n: int, dim: int, *, seed: int, clusters: int = 50, spread: float = 1.25):
+def clustered(
+    n: int, dim: int, *, seed: int, clusters: int = 50, spread: float = 1.25
+) -> np.ndarray:
     """L2-normalised mixture of Gaussians, shaped like two-tower embeddings."""
     rng = np.random.default_rng(1234)  # the same centres for every draw
     centres = rng.standard_normal((clusters, dim)).astype(np.float32)
@@ -46,7 +48,9 @@ def set_recall(found: np.ndarray, exact: np.ndarray) -> float:
     )
 
 
-def assert_same_topk(s1, r1, s2, r2, tol: float = 1e-5) -> None:
+def assert_same_topk(
+    s1: np.ndarray, r1: np.ndarray, s2: np.ndarray, r2: np.ndarray, tol: float = 1e-5
+) -> None:
     """Same scores, and the same ids except among near-ties at the k boundary."""
     np.testing.assert_allclose(s1, s2, atol=tol)
     for a_s, a_r, b_r in zip(s1, r1, r2, strict=True):
@@ -191,6 +195,20 @@ def test_every_backend_honours_the_search_contract(approx, flat, small, kind):
     q_copy = q.copy()
     index.search(q, 5)
     np.testing.assert_array_equal(q, q_copy)  # the caller's array is not modified
+
+
+def test_small_batches_give_the_batch_answer_and_leave_the_thread_count_alone(flat, small):
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(3)  # a value no search would leave behind by accident
+    try:
+        q = clustered(40, 16, seed=13, clusters=20)
+        one_by_one = np.vstack([flat.search_rows(q[i : i + 1], 10)[1] for i in range(len(q))])
+        np.testing.assert_array_equal(one_by_one, flat.search_rows(q, 10)[1])
+        assert faiss.omp_get_max_threads() == 3
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 # --- ids and exclusion ----------------------------------------------------------------
