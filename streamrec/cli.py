@@ -37,6 +37,8 @@ def _setup_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # FAISS logs every instruction-set probe at INFO; only its problems matter here.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 @app.callback()
