@@ -14,10 +14,8 @@ vectors and info agree.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import numpy.typing as npt
 
 from index.base import Floats, Rows, VectorBackend, as_queries
 from streamrec.errors import ArtifactError, DataError
+from streamrec.files import sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +176,7 @@ class ItemIndex:
         meta = {
             "format_version": FORMAT_VERSION,
             "family": self._backend.family,
-            "files": {name: _sha256(directory / name) for name in names},
+            "files": {name: sha256_file(directory / name) for name in names},
             "info": self.info,
         }
         _write_atomic(directory / INFO_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
@@ -201,7 +200,7 @@ class ItemIndex:
                 raise ArtifactError(
                     f"Unable to find '{path}'. The index save is incomplete; rebuild it."
                 )
-            if _sha256(path) != digest:
+            if sha256_file(path) != digest:
                 raise ArtifactError(
                     f"'{path}' does not match its checksum in {INFO_FILE}: corrupted."
                 )
@@ -240,18 +239,8 @@ def _valid_rows(rows: npt.ArrayLike, n: int) -> Rows:
     return arr[(arr >= 0) & (arr < n)]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _read_meta(directory: Path) -> dict[str, Any]:

@@ -8,10 +8,8 @@ swapped weights file is refused with ArtifactError instead of loading garbage.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from models.config import TwoTowerConfig
 from models.two_tower import TwoTower
 from streamrec.errors import ArtifactError
+from streamrec.files import sha256_file, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +30,6 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "model.json"
 _ARCHITECTURE = ("embedding_dim", "id_dim", "user_buckets", "user_hidden", "item_hidden")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def save_model(model: TwoTower, config: TwoTowerConfig, directory: Path) -> None:
@@ -62,7 +47,7 @@ def save_model(model: TwoTower, config: TwoTowerConfig, directory: Path) -> None
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = directory / WEIGHTS_FILE
-    _write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -71,10 +56,10 @@ def save_model(model: TwoTower, config: TwoTowerConfig, directory: Path) -> None
         "user_dense_dim": model.user_dense_dim,
         "item_dense_dim": model.item_dense_dim,
         "tensors": {k: list(v.shape) for k, v in tensors.items()},
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": sha256_file(weights),
         "torch_version": torch.__version__,
     }
-    _write_atomic(
+    write_atomic(
         directory / MANIFEST_FILE,
         lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8"),
     )
@@ -107,7 +92,7 @@ def load_model(directory: Path) -> TwoTower:
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise ArtifactError(f"Unable to find model weights at '{weights}'. Check the model path.")
-    if _sha256(weights) != doc["weights_sha256"]:
+    if sha256_file(weights) != doc["weights_sha256"]:
         raise ArtifactError(
             f"Model weights '{weights}' do not match their manifest checksum: the file was "
             "changed or truncated after saving. Re-publish the model."

@@ -16,7 +16,6 @@ is never promoted or loaded, and serving keeps what it has.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,19 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.errors import ArtifactError
+from streamrec.files import sha256_file
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 META = "meta.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def code_version() -> str:
