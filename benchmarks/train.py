@@ -19,7 +19,8 @@ import torch
 
 from models.config import load_config
 from models.train import train_two_tower
-from offline.dataset import DatasetOptions, build_training_set
+from offline.config import DatasetSection
+from offline.dataset import build_training_set
 from offline.evaluate import evaluate, model_recommendations, popularity_recommendations, to_catalog
 from streamrec.simulation import World, WorldParams
 
@@ -55,7 +56,7 @@ def run_train_bench(
     gen_s = time.monotonic() - t0
     t1 = time.monotonic()
     base = load_config()
-    ts = build_training_set(events, DatasetOptions(user_buckets=base.user_buckets))
+    ts = build_training_set(events, DatasetSection(), base.user_buckets)
     build_s = time.monotonic() - t1
     config = base.model_copy(
         update={"max_epochs": epochs, "validation_fraction": 0.0, "seed": seed}

@@ -9,8 +9,8 @@ event twice) and returns the events in time order.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from streamrec.errors import DataError
+from streamrec.files import write_atomic
 from streams.archive import SCHEMA
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,14 @@ def read_events(
     return frame[list(EVENT_COLUMNS) + list(columns)].reset_index(drop=True)
 
 
+def _optional(chunk: pd.DataFrame, name: str) -> list[object]:
+    """An optional archive column as a list with None for missing values."""
+    if name not in chunk.columns:
+        return [None] * len(chunk)
+    values = chunk[name]
+    return list(values.astype(object).where(values.notna(), None))
+
+
 def write_events(archive_dir: Path, events: pd.DataFrame, source: str) -> int:
     """Append events (columns of `EVENT_COLUMNS`, optional archive columns) to the archive.
 
@@ -93,13 +102,6 @@ def write_events(archive_dir: Path, events: pd.DataFrame, source: str) -> int:
     run = uuid.uuid4().hex[:12]
     for hour, chunk in frame.groupby("_hour", sort=True):
         n = len(chunk)
-
-        def col(name: str, chunk: pd.DataFrame = chunk, n: int = n) -> object:
-            if name not in chunk.columns:
-                return [None] * n
-            values = chunk[name]
-            return values.astype(object).where(values.notna(), None).tolist()
-
         table = pa.table(
             {
                 "event_id": chunk["event_id"].astype(str).tolist(),
@@ -107,10 +109,10 @@ def write_events(archive_dir: Path, events: pd.DataFrame, source: str) -> int:
                 "user_id": chunk["user_id"].astype(str).tolist(),
                 "item_id": chunk["item_id"].astype(str).tolist(),
                 "event_timestamp": chunk["ts_ms"].to_numpy(dtype=np.int64),
-                "request_id": col("request_id"),
-                "position": col("position"),
-                "propensity": col("propensity"),
-                "context": col("context"),
+                "request_id": _optional(chunk, "request_id"),
+                "position": _optional(chunk, "position"),
+                "propensity": _optional(chunk, "propensity"),
+                "context": _optional(chunk, "context"),
                 "kafka_partition": [-1] * n,
                 "kafka_offset": [-1] * n,
             },
@@ -125,8 +127,6 @@ def write_events(archive_dir: Path, events: pd.DataFrame, source: str) -> int:
             / f"part-{source}-{run}.parquet"
         )
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, out)
+        write_atomic(out, partial(pq.write_table, table, compression="zstd"))
     log.info("archive: wrote %d events from %s", len(events), source)
     return len(events)

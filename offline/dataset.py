@@ -23,18 +23,10 @@ from features.aggregates import INTERACTIONS, AggregateConfig
 from features.timeline import UserContexts, UserTimeline, item_snapshot
 from features.vectors import ITEM_DENSE_NAMES, item_dense, user_dense
 from models.data import FIRST_ITEM, Examples, ItemTable, ItemVocab, hash_ids
+from offline.config import DatasetSection
 from streamrec.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DatasetOptions:
-    positive_events: tuple[str, ...] = ("click", "add_to_cart", "purchase")
-    holdout_fraction: float = 0.1
-    recent_items: int = 50
-    user_buckets: int = 100_000
-    min_train_examples: int = 50
 
 
 @dataclass(frozen=True)
@@ -104,9 +96,12 @@ def user_batch(
 
 
 def build_training_set(
-    events: pd.DataFrame, opts: DatasetOptions, agg: AggregateConfig | None = None
+    events: pd.DataFrame,
+    opts: DatasetSection,
+    user_buckets: int,
+    agg: AggregateConfig | None = None,
 ) -> TrainingSet:
-    """Examples before the holdout cut, test users after it. `events` in time order."""
+    """Examples before the holdout cut, test users after it; users hashed into `user_buckets`."""
     agg = agg or AggregateConfig(recent_items=opts.recent_items)
     if not events["ts_ms"].is_monotonic_increasing:
         events = events.sort_values("ts_ms", kind="stable").reset_index(drop=True)
@@ -127,7 +122,7 @@ def build_training_set(
     users = train_pos["user_id"].to_numpy(dtype=object)
     ts = train_pos["ts_ms"].to_numpy(dtype=np.int64)
     ctx = timeline.before(timeline.user_codes(users), ts)
-    bucket, dense = contexts_to_inputs(ctx, users, ts, opts.user_buckets)
+    bucket, dense = contexts_to_inputs(ctx, users, ts, user_buckets)
     target = item_codes[train_pos.index.to_numpy()]
     train = Examples(user_bucket=bucket, seq=ctx.seq, user_dense=dense, target=target, ts_ms=ts)
 
@@ -139,7 +134,7 @@ def build_training_set(
     catalog = np.unique(events["item_id"].to_numpy(dtype=object))
     test_pos = positives[positives["ts_ms"] >= split_ms]
     test_users = np.unique(test_pos["user_id"].to_numpy(dtype=object))
-    test = user_batch(events, timeline, item_codes, test_users, split_ms, opts.user_buckets)
+    test = user_batch(events, timeline, item_codes, test_users, split_ms, user_buckets)
     seen_ids = [set(np.asarray(vocab.ids, dtype=object)[s]) for s in test.seen]
     by_user = test_pos.groupby("user_id")["item_id"].unique()
     truth, keep = [], []

@@ -13,71 +13,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from models.data import FIRST_ITEM, ItemVocab, hash_ids
+from models.embed import score_top_k, user_embeddings
 from models.io import load_model
 from models.two_tower import TwoTower
 from offline.dataset import TrainingSet, UserBatch
-from offline.metrics import ranking_metrics
+from offline.metrics import popularity_baseline, ranking_metrics
 from streamrec.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def user_vectors(model: TwoTower, batch: UserBatch, chunk: int = 4096) -> np.ndarray:
-    model.eval()
-    out = []
-    for s in range(0, len(batch.user_ids), chunk):
-        out.append(
-            model.user_vectors(
-                torch.from_numpy(batch.user_bucket[s : s + chunk]),
-                torch.from_numpy(batch.seq[s : s + chunk]),
-                torch.from_numpy(batch.user_dense[s : s + chunk]),
-            ).float()
-        )
-    if not out:
-        return np.zeros((0, model_dim(model)), dtype=np.float32)
-    return torch.cat(out).numpy()
-
-
-def model_dim(model: TwoTower) -> int:
-    return int(model.all_item_vectors().shape[1])
-
-
-@torch.no_grad()
-def exact_top_k(
-    users: np.ndarray, items: np.ndarray, k: int, exclude: Sequence[np.ndarray], chunk: int = 1024
-) -> np.ndarray:
-    """[U, k] item rows by inner product, skipping rows 0/1 and each user's `exclude`."""
-    item_t = torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32))
-    k = min(k, len(items) - FIRST_ITEM)
-    out = np.full((len(users), max(k, 0)), -1, dtype=np.int64)
-    for s in range(0, len(users), chunk):
-        scores = torch.from_numpy(users[s : s + chunk]) @ item_t.T
-        scores[:, :FIRST_ITEM] = -torch.inf
-        for r, seen in enumerate(exclude[s : s + chunk]):
-            if len(seen):
-                scores[r, torch.from_numpy(np.asarray(seen, dtype=np.int64))] = -torch.inf
-        top = torch.topk(scores, k, dim=1)
-        rows = top.indices.numpy()
-        rows[~np.isfinite(top.values.numpy())] = -1
-        out[s : s + len(rows)] = rows
-    return out
+def user_vectors(model: TwoTower, batch: UserBatch) -> np.ndarray:
+    """float32 [U, D] user-tower vectors of the users of `batch`."""
+    return user_embeddings(model, batch.user_bucket, batch.seq, batch.user_dense)
 
 
 def model_recommendations(model: TwoTower, batch: UserBatch, k: int) -> np.ndarray:
     """Top-k vocabulary indices of `model` for the users of `batch` (seen items excluded)."""
-    items = model.all_item_vectors().detach().float().numpy()
-    return exact_top_k(user_vectors(model, batch), items, k, batch.seen)
+    return score_top_k(model, batch.user_bucket, batch.seq, batch.user_dense, k, batch.seen)
 
 
 def popularity_recommendations(ts: TrainingSet, k: int) -> np.ndarray:
     """The most frequent training targets, minus what each test user already touched."""
-    counts = np.bincount(ts.train.target, minlength=len(ts.vocab)).astype(np.float32)
-    scores = counts[None, :]
-    return exact_top_k(np.ones((len(ts.test.user_ids), 1), np.float32), scores.T, k, ts.test.seen)
+    return popularity_baseline(ts.train.target, len(ts.test.user_ids), k, ts.test.seen)
 
 
 def to_catalog(ts: TrainingSet, vocab: ItemVocab, rows: np.ndarray) -> np.ndarray:

@@ -17,12 +17,13 @@ from typing import Any
 
 from index.build import build_index
 from models.data import FIRST_ITEM
+from models.embed import item_embeddings
 from models.io import save_model
 from models.registry import Registry, code_version
 from models.train import train_two_tower
 from offline.archive import read_events
 from offline.config import RetrainConfig
-from offline.dataset import DatasetOptions, build_training_set
+from offline.dataset import build_training_set
 from offline.evaluate import (
     evaluate,
     load_serving,
@@ -86,14 +87,7 @@ def retrain(
         )
     log.info("retrain: %d events read", len(events))
     ds_cfg = config.dataset
-    opts = DatasetOptions(
-        positive_events=ds_cfg.positive_events,
-        holdout_fraction=ds_cfg.holdout_fraction,
-        recent_items=ds_cfg.recent_items,
-        user_buckets=config.model.user_buckets,
-        min_train_examples=ds_cfg.min_train_examples,
-    )
-    ts = build_training_set(events, opts)
+    ts = build_training_set(events, ds_cfg, config.model.user_buckets)
 
     t_train = time.monotonic()
     result = train_two_tower(ts.train, ts.items, config.model, progress=progress)
@@ -134,7 +128,7 @@ def retrain(
     try:
         save_model(model, config.model, staged / "model")
         ts.vocab.save(staged / "vocab.json")
-        item_vecs = model.all_item_vectors().detach().float().numpy()[FIRST_ITEM:]
+        item_vecs = item_embeddings(model)[FIRST_ITEM:]
         sample = user_vectors(model, ts.test)[: config.index.recall_sample_queries]
         index = build_index(
             item_vecs, ts.vocab.ids[FIRST_ITEM:], config.index, sample_queries=sample

@@ -18,7 +18,9 @@ def sha256_file(path: Path) -> str:
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Have `write` fill a temporary file beside `path`, then rename it into place."""
+    """Have `write` fill a temporary file beside `path`, flush it to disk, rename it in."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     write(tmp)
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -16,7 +16,8 @@ import torch
 
 from models.config import load_config
 from models.train import train_two_tower
-from offline.dataset import DatasetOptions, TrainingSet, build_training_set
+from offline.config import DatasetSection
+from offline.dataset import TrainingSet, build_training_set
 from offline.evaluate import evaluate, model_recommendations, popularity_recommendations, to_catalog
 from offline.simulate import history_frame
 from streamrec.simulation import World, WorldParams
@@ -46,7 +47,7 @@ def run(seed: int) -> dict[str, float]:
     world = World(WorldParams(users=2000, items=1000, zipf=0.6, affinity=4.0, seed=seed))
     events = history_frame(world, EVENTS, 1_780_000_000_000, 14 * 86_400_000)
     config = load_config().model_copy(update={"seed": seed, "user_buckets": 20_000})
-    ts = build_training_set(events, DatasetOptions(user_buckets=config.user_buckets))
+    ts = build_training_set(events, DatasetSection(), config.user_buckets)
     model = train_two_tower(ts.train, ts.items, config).model
     recs = {
         "model": to_catalog(ts, ts.vocab, model_recommendations(model, ts.test, 50)),

@@ -1,13 +1,9 @@
-"""The two-tower model: config, data contract, loss, training outcomes, artifacts."""
+"""The two-tower model: loss by hand, towers, training outcomes on a planted world."""
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import tomllib
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,132 +11,23 @@ import pytest
 import torch
 
 from models import (
-    DEFAULT_CONFIG_PATH,
     Examples,
     ItemTable,
-    ItemVocab,
     TrainResult,
     TwoTower,
     TwoTowerConfig,
     hash_ids,
     in_batch_softmax_loss,
     item_embeddings,
-    load_config,
-    load_model,
-    save_model,
     score_top_k,
     train_two_tower,
     user_embeddings,
     validation_loss,
 )
 from offline.metrics import popularity_baseline, ranking_metrics
-from streamrec.errors import ArtifactError, ConfigError, DataError
+from streamrec.errors import DataError
 from streamrec.simulation import World, WorldParams
-
-# --- config ---------------------------------------------------------------------------
-
-
-def test_config_file_sets_every_key_and_equals_code_defaults() -> None:
-    raw = tomllib.loads(DEFAULT_CONFIG_PATH.read_text())
-    assert set(raw) == set(TwoTowerConfig.model_fields)
-    assert load_config(DEFAULT_CONFIG_PATH) == TwoTowerConfig()
-
-
-def test_config_rejects_unknown_key_and_names_it(tmp_path: Path) -> None:
-    path = tmp_path / "tt.toml"
-    path.write_text("embedding_dim = 32\ntemprature = 0.1\n")
-    with pytest.raises(ConfigError, match=r"'temprature'.*Did you mean 'temperature'"):
-        load_config(path)
-
-
-def test_config_rejects_bad_value_and_names_it(tmp_path: Path) -> None:
-    path = tmp_path / "tt.toml"
-    path.write_text("batch_size = 1\n")
-    with pytest.raises(ConfigError, match="batch_size"):
-        load_config(path)
-    path.write_text("user_hidden = [64, 0]\n")
-    with pytest.raises(ConfigError, match="user_hidden"):
-        load_config(path)
-    path.write_text("seed = \n")
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        load_config(path)
-
-
-# --- data contract ----------------------------------------------------------------------
-
-
-def test_vocab_reserves_pad_and_unknown_and_round_trips(tmp_path: Path) -> None:
-    vocab = ItemVocab.from_ids(["b", "a", "c", "a"])
-    assert vocab.ids[2:] == ["a", "b", "c"] and len(vocab) == 5
-    assert ItemVocab.from_ids(["c", "b", "a"]).ids == vocab.ids  # order-independent
-    assert vocab.lookup(["c", "zzz", "a", ""]).tolist() == [4, 1, 2, 1]
-    assert vocab.lookup([]).dtype == np.int64
-    vocab.save(tmp_path / "vocab.json")
-    back = ItemVocab.load(tmp_path / "vocab.json")
-    assert back.ids == vocab.ids
-    assert back.lookup(["b"]).tolist() == [3]
-
-
-def test_vocab_load_refuses_garbage(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match="Unable to read"):
-        ItemVocab.load(tmp_path / "missing.json")
-    with pytest.raises(ArtifactError, match="not valid JSON"):
-        ItemVocab.from_json("{")
-    with pytest.raises(ArtifactError, match="corrupt"):
-        ItemVocab.from_json(
-            json.dumps({"format": "streamrec.item_vocab", "version": 1, "ids": ["a", "a"]})
-        )
-
-
-def test_hash_ids_is_stable_known_values() -> None:
-    # Fixed values: a different function (or Python's salted hash) would break serving.
-    assert hash_ids(["u1", "user-42", "", "ünï"], 1000).tolist() == [130, 23, 756, 72]
-    assert hash_ids(["u1", "user-42"], 2**40).tolist() == [272332855698, 529586102383]
-    many = hash_ids([f"u{i}" for i in range(5000)], 7)
-    assert many.dtype == np.int64 and many.min() >= 0 and many.max() < 7
-    assert np.bincount(many).min() > 600  # spread over every bucket
-
-
-def _examples(n: int = 6, seq_len: int = 3, fu: int = 2, **override: Any) -> Examples:
-    arrays: dict[str, Any] = {
-        "user_bucket": np.arange(n, dtype=np.int64),
-        "seq": np.full((n, seq_len), 2, dtype=np.int64),
-        "user_dense": np.zeros((n, fu), dtype=np.float32),
-        "target": np.arange(n, dtype=np.int64) + 2,
-        "ts_ms": np.arange(n, dtype=np.int64) * 1000,
-    }
-    arrays.update(override)
-    return Examples(**arrays)
-
-
-@pytest.mark.parametrize(
-    ("field", "bad"),
-    [
-        ("seq", np.zeros((6, 3), dtype=np.int32)),
-        ("seq", np.zeros(6, dtype=np.int64)),
-        ("user_dense", np.zeros((6, 2), dtype=np.float64)),
-        ("user_dense", np.full((6, 2), np.nan, dtype=np.float32)),
-        ("target", np.full(5, 2, dtype=np.int64)),
-        ("target", np.ones(6, dtype=np.int64)),
-        ("ts_ms", [0, 1, 2, 3, 4, 5]),
-        ("user_bucket", -np.ones(6, dtype=np.int64)),
-    ],
-)
-def test_examples_reject_bad_arrays_naming_the_field(field: str, bad: Any) -> None:
-    with pytest.raises(DataError, match=f"^{field}:"):
-        _examples(**{field: bad})
-
-
-def test_split_by_time_keeps_latest_slice_and_ties_together() -> None:
-    ts = np.array([5, 1, 9, 3, 9, 7, 2, 8, 4, 6], dtype=np.int64) * 1000
-    ex = _examples(10, ts_ms=ts, target=np.arange(10, dtype=np.int64) + 2)
-    early, late = ex.split_by_time(0.2)
-    assert sorted(late.ts_ms.tolist()) == [9000, 9000]
-    assert len(early) == 8 and early.ts_ms.max() < late.ts_ms.min()
-    _, late3 = ex.split_by_time(0.1)  # asks for 1 row, but both rows at t=9 go together
-    assert len(late3) == 2
-    assert early.target.tolist() == [2, 3, 5, 7, 8, 9, 10, 11]  # original order kept
-
+from tests.unit.tiny_model import tiny_model
 
 # --- the loss, by hand --------------------------------------------------------------------
 
@@ -181,16 +68,9 @@ def test_duplicate_positive_in_batch_is_not_a_negative() -> None:
 
 # --- the model ----------------------------------------------------------------------------
 
-TINY = TwoTowerConfig(embedding_dim=8, id_dim=4, user_buckets=50, user_hidden=(16,), item_hidden=())
-
-
-def _tiny_model(seed: int = 0) -> TwoTower:
-    torch.manual_seed(seed)
-    return TwoTower(TINY, n_items=12, user_dense_dim=2, item_dense=torch.randn(12, 3))
-
 
 def test_towers_give_unit_vectors_and_ignore_padding() -> None:
-    m = _tiny_model().eval()
+    m = tiny_model().eval()
     ub, ud = torch.tensor([3, 3]), torch.zeros(2, 2)
     short = m.user_vectors(ub, torch.tensor([[5, 7], [0, 0]]), ud)
     long = m.user_vectors(ub, torch.tensor([[5, 7, 0, 0], [0, 0, 0, 0]]), ud)
@@ -361,7 +241,7 @@ def test_training_rejects_indices_outside_the_config(world_data: Planted) -> Non
 
 
 def test_score_top_k_never_returns_reserved_or_excluded_items() -> None:
-    m = _tiny_model()
+    m = tiny_model()
     ub, seq, ud = np.array([1, 2]), np.array([[2, 3], [0, 0]]), np.zeros((2, 2), np.float32)
     full = score_top_k(m, ub, seq, ud, k=12)
     assert full[:, 10:].tolist() == [[-1, -1], [-1, -1]]  # only 10 real items exist
@@ -372,84 +252,3 @@ def test_score_top_k_never_returns_reserved_or_excluded_items() -> None:
     # Ranking follows the exact inner product of the exported vectors.
     scores = user_embeddings(m, ub, seq, ud) @ item_embeddings(m).T
     assert full[1, :10].tolist() == (np.argsort(-scores[1, 2:], kind="stable") + 2).tolist()
-
-
-# --- artifacts ----------------------------------------------------------------------------
-
-
-def _saved(tmp_path: Path) -> tuple[TwoTower, Path]:
-    m = _tiny_model().eval()
-    save_model(m, TINY, tmp_path / "model")
-    return m, tmp_path / "model"
-
-
-def test_save_load_round_trip_gives_identical_vectors(tmp_path: Path) -> None:
-    m, path = _saved(tmp_path)
-    back = load_model(path)
-    ub, seq, ud = np.array([0, 49]), np.array([[2, 5, 0], [0, 0, 0]]), np.ones((2, 2), np.float32)
-    np.testing.assert_array_equal(item_embeddings(back), item_embeddings(m))
-    np.testing.assert_array_equal(
-        user_embeddings(back, ub, seq, ud), user_embeddings(m, ub, seq, ud)
-    )
-    assert back.config == TINY and not back.training
-    manifest = json.loads((path / "model.json").read_text())
-    assert manifest["n_items"] == 12 and manifest["item_dense_dim"] == 3
-
-
-def test_save_refuses_a_config_that_does_not_match_the_model(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="id_dim"):
-        save_model(_tiny_model(), TINY.model_copy(update={"id_dim": 5}), tmp_path)
-
-
-def _flip_byte(path: Path, offset: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def _reseal(path: Path) -> None:
-    """Make the manifest checksum agree with a tampered weights file (a forged artifact)."""
-    import hashlib
-
-    manifest = json.loads((path / "model.json").read_text())
-    manifest["weights_sha256"] = hashlib.sha256(
-        (path / "weights.safetensors").read_bytes()
-    ).hexdigest()
-    (path / "model.json").write_text(json.dumps(manifest))
-
-
-def test_tampered_or_truncated_weights_are_refused(tmp_path: Path) -> None:
-    _, path = _saved(tmp_path)
-    weights = path / "weights.safetensors"
-    original = weights.read_bytes()
-    _flip_byte(weights, len(original) - 10)  # inside tensor data: only the checksum sees it
-    with pytest.raises(ArtifactError, match="checksum"):
-        load_model(path)
-    weights.write_bytes(original[: len(original) // 2])
-    with pytest.raises(ArtifactError, match="checksum"):
-        load_model(path)
-    _reseal(path)  # even with a matching checksum, a truncated file is unreadable
-    with pytest.raises(ArtifactError, match="unreadable"):
-        load_model(path)
-
-
-def test_weights_of_another_shape_are_refused(tmp_path: Path) -> None:
-    _, path = _saved(tmp_path)
-    other = TwoTower(TINY.model_copy(update={"id_dim": 6}), 12, 2, torch.zeros(12, 3))
-    save_model(other, other.config, tmp_path / "other")
-    shutil.copy(tmp_path / "other" / "weights.safetensors", path / "weights.safetensors")
-    _reseal(path)
-    with pytest.raises(ArtifactError, match="wrong shape"):
-        load_model(path)
-
-
-def test_missing_files_are_refused(tmp_path: Path) -> None:
-    _, path = _saved(tmp_path)
-    (path / "weights.safetensors").unlink()
-    with pytest.raises(ArtifactError, match="Unable to find model weights"):
-        load_model(path)
-    with pytest.raises(ArtifactError, match="Unable to find model manifest"):
-        load_model(tmp_path / "nowhere")
-    (path / "model.json").write_text("{not json")
-    with pytest.raises(ArtifactError, match="unreadable"):
-        load_model(path)
