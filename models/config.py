@@ -7,12 +7,12 @@ and a run that loads the file train the same model; a test holds the two equal.
 from __future__ import annotations
 
 import difflib
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from streamrec.config_files import first_error, read_toml
 from streamrec.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("two_tower.toml")
@@ -107,13 +107,7 @@ class TwoTowerConfig(BaseModel):
 
 def load_config(path: Path = DEFAULT_CONFIG_PATH) -> TwoTowerConfig:
     """Read a TOML file of `TwoTowerConfig` keys; raise ConfigError naming a bad key."""
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"Unable to read model config at '{path}' ({exc}).") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"Model config '{path}' is not valid TOML: {exc}.") from exc
+    raw = read_toml(path, "model config")
     known = set(TwoTowerConfig.model_fields)
     for key in raw:
         if key not in known:
@@ -123,8 +117,5 @@ def load_config(path: Path = DEFAULT_CONFIG_PATH) -> TwoTowerConfig:
     try:
         return TwoTowerConfig(**raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(
-            f"Bad value for '{key}' in model config '{path}': {first['msg']}."
-        ) from exc
+        key, msg = first_error(exc)
+        raise ConfigError(f"Bad value for '{key}' in model config '{path}': {msg}.") from exc

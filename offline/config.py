@@ -7,7 +7,6 @@ in `models/two_tower.toml`). Unknown keys are errors, named.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from index.config import IndexConfig
 from models.config import TwoTowerConfig, load_config
+from streamrec.config_files import first_error, read_toml
 from streamrec.errors import ConfigError
 from streamrec.events import EVENT_TYPES
 
@@ -73,17 +73,15 @@ class RetrainConfig(BaseModel):
 def load_retrain_config(path: Path | None = None) -> RetrainConfig:
     """Read a retrain TOML; ConfigError names the first bad key."""
     path = path or DEFAULT_RETRAIN_CONFIG
+    raw = read_toml(path, "retrain config")
+    overrides = raw.pop("model", {})
     try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"Cannot read retrain config '{path}': {exc}") from exc
-    model = raw.pop("model", None)
-    try:
-        base = load_config().model_dump()
-        merged = TwoTowerConfig(**(base | (model or {})))
-        return RetrainConfig(**raw, model=merged)
+        model = TwoTowerConfig(**(load_config().model_dump() | overrides))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        prefix = "model." if model is not None and "model" not in str(first["loc"][0]) else ""
-        raise ConfigError(f"{path}: {prefix}{where}: {first['msg']}") from exc
+        key, msg = first_error(exc)
+        raise ConfigError(f"{path}: model.{key}: {msg}") from exc
+    try:
+        return RetrainConfig(**raw, model=model)
+    except ValidationError as exc:
+        key, msg = first_error(exc)
+        raise ConfigError(f"{path}: {key}: {msg}") from exc

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamrec.config_files import first_error
 from streamrec.errors import ConfigError
 
 ENV_PREFIX = "STREAMREC_"
@@ -131,10 +132,9 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]  # validated by pydantic
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
+        field, msg = first_error(exc)
         raise ConfigError(
-            f"Bad setting {ENV_PREFIX}{field.upper()}: {first['msg']}. Fix or unset it."
+            f"Bad setting {ENV_PREFIX}{field.upper()}: {msg}. Fix or unset it."
         ) from exc
 
 
