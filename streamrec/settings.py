@@ -97,6 +97,47 @@ class Settings(BaseSettings):
     )
     feast_project: str = Field("streamrec", description="Feast project name.")
 
+    # --- serving API -------------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Address `streamrec serve` binds.")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port `streamrec serve` binds.")
+    api_keys: str = Field(
+        "", description="Comma-separated keys accepted in `X-API-Key` for ingest and admin."
+    )
+    api_auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="Require API keys: auto = on unless running the embedded default."
+    )
+    max_k: int = Field(100, ge=1, le=1000, description="Largest k a recommendation request may ask.")
+    max_batch_events: int = Field(
+        1000, ge=1, le=100_000, description="Most events one POST /v1/events may carry."
+    )
+    candidates: int = Field(
+        200, ge=1, le=5000, description="Candidates retrieved from the index before reranking."
+    )
+    trending_items: int = Field(
+        500, ge=1, description="Hot and new items serving keeps for cold start and fallback."
+    )
+    bandit_policy: Literal["thompson", "greedy", "random"] = Field(
+        "thompson", description="Default reranking policy."
+    )
+    exploration: float = Field(
+        1.0, ge=0, le=10, description="Thompson posterior scale; 0 = always the posterior mean."
+    )
+    propensity_samples: int = Field(
+        128, ge=1, le=10_000, description="Posterior draws used to compute logged propensities."
+    )
+    attribution_window_s: int = Field(
+        1800, ge=1, description="A click joins its impression if it comes within this window."
+    )
+    refresh_s: float = Field(
+        1.0, gt=0, description="How often serving re-reads bandit parameters and trending items."
+    )
+    reload_poll_s: float = Field(
+        5.0, gt=0, description="How often serving checks the registry for a newly published model."
+    )
+    impression_buffer: int = Field(
+        100_000, ge=1, description="Impressions buffered while Kafka is slow or down; beyond: dropped."
+    )
+
     @property
     def bootstrap(self) -> str:
         """The Kafka bootstrap address components should use."""
