@@ -52,3 +52,20 @@ class ArtifactError(StreamrecError):
     """A model or index artifact is missing, corrupted, tampered with or incompatible."""
 
     http_status = 503
+
+
+class RequestError(StreamrecError):
+    """An API request is malformed or out of bounds. `field` names the offending part."""
+
+    http_status = 422
+
+    def __init__(self, message: str, field: str | None = None, status: int = 422) -> None:
+        super().__init__(message)
+        self.field = field
+        self.http_status = status
+
+
+class Unauthorized(StreamrecError):
+    """Ingest and admin routes need a valid `X-API-Key` (setting STREAMREC_API_KEYS)."""
+
+    http_status = 401

@@ -111,10 +111,10 @@ class Settings(BaseSettings):
         1000, ge=1, le=100_000, description="Most events one POST /v1/events may carry."
     )
     candidates: int = Field(
-        200, ge=1, le=5000, description="Candidates retrieved from the index before reranking."
+        100, ge=1, le=5000, description="Candidates retrieved from the index before reranking."
     )
     trending_items: int = Field(
-        500, ge=1, description="Hot and new items serving keeps for cold start and fallback."
+        5000, ge=1, description="Hot items whose live stats serving refreshes (plus a fifth new)."
     )
     bandit_policy: Literal["thompson", "greedy", "random"] = Field(
         "thompson", description="Default reranking policy."

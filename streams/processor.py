@@ -23,10 +23,13 @@ from features.aggregates import (
     stale_item_fields,
     user_features,
 )
+from features.online_state import BoardEntry
 from features.online_writer import OnlineWriter, Row
 from features.repo import ITEM_KEY, ITEM_VIEW, USER_KEY, USER_VIEW
+from models.bandit_state import BanditDelta
 from streamrec.events import Event
 from streams import metrics
+from streams.rewards import RewardJoiner
 from streams.state import BatchUpdate, StreamState, owner_partition
 
 log = logging.getLogger(__name__)
@@ -66,8 +69,10 @@ class FeatureProcessor:
         cfg: AggregateConfig,
         topic: str,
         partitions: int,
+        rewards: RewardJoiner | None = None,
     ) -> None:
         self._state = state
+        self._rewards = rewards
         self._writer = writer
         self._cfg = cfg
         self._topic = topic
@@ -111,6 +116,7 @@ class FeatureProcessor:
         missing = {ev.user_id for _, _, ev in fresh if ev and ev.user_id not in self._users}
         self._users.update(self._state.load_users(missing))
         item_counts: dict[str, Counter[str]] = defaultdict(Counter)
+        delta = self._bandit_delta(fresh)
         dirty_users: dict[int, set[str]] = defaultdict(set)
         dirty_items: dict[int, set[str]] = defaultdict(set)
         try:
@@ -127,6 +133,8 @@ class FeatureProcessor:
                     continue
                 stats.applied += 1
                 update.users[ev.user_id] = state
+                if delta is not None and self._rewards is not None:
+                    self._rewards.observe(state, ev, delta)
                 dirty_users[p].add(ev.user_id)
                 oldest, n = self._pending.get(ev.user_id, (ev.ts_ms, 0))
                 self._pending[ev.user_id] = (min(oldest, ev.ts_ms), n + 1)
@@ -138,6 +146,10 @@ class FeatureProcessor:
                 dirty_items[owner_partition(ev.item_id, self._partitions)].add(ev.item_id)
             for state in update.users.values():
                 prune_user_state(state, self._cfg)
+                if self._rewards is not None:
+                    self._rewards.prune(state)
+            if delta is not None and delta.touched:
+                update.counters = delta.counters()
             update.item_counts = dict(item_counts)
             update.dirty_users = dict(dirty_users)
             update.dirty_items = dict(dirty_items)
@@ -149,6 +161,13 @@ class FeatureProcessor:
         metrics.EVENTS.labels("applied").inc(stats.applied)
         metrics.EVENTS.labels("duplicate").inc(stats.duplicates)
         return stats
+
+    def _bandit_delta(self, fresh: Sequence[Message]) -> BanditDelta | None:
+        """A delta seeded with the current River weights, if the batch has anything to join."""
+        if self._rewards is None or not any(ev and ev.request_id for _, _, ev in fresh):
+            return None
+        counters = self._state.load_counters()
+        return BanditDelta({k[2:]: v for k, v in counters.items() if k.startswith("w.")})
 
     # --- online rows -------------------------------------------------------------------
 
@@ -172,6 +191,7 @@ class FeatureProcessor:
                 self._writer.write(USER_VIEW, USER_KEY, user_rows)
             if item_rows:
                 self._writer.write(ITEM_VIEW, ITEM_KEY, item_rows)
+                self._state.write_board([_board_entry(i, row, last) for i, row, last in item_rows])
             self._state.release_dirty(p, stale)
             now_ms = int(time.time() * 1000)
             for u, _, _ in user_rows:
@@ -184,3 +204,15 @@ class FeatureProcessor:
             metrics.ROWS.labels(USER_VIEW).inc(len(user_rows))
             metrics.ROWS.labels(ITEM_VIEW).inc(len(item_rows))
         return written
+
+
+def _board_entry(item_id: str, row: dict[str, float], last_ms: int) -> BoardEntry:
+    return BoardEntry(
+        item_id,
+        float(row["popularity_24h"]),
+        float(row["ctr_smoothed"]),
+        float(row["clicks_24h"]),
+        float(row["impressions_24h"]),
+        last_ms,
+        last_ms,  # the first write of an item keeps its first-seen time (min on upsert)
+    )

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from features.aggregates import UserState
+from features.online_state import BoardEntry
 
 ItemCounters = dict[str, int]
 
@@ -43,6 +44,7 @@ class BatchUpdate:
     item_last: dict[str, int] = field(default_factory=dict)  # candidate max event time
     dirty_users: dict[int, set[str]] = field(default_factory=dict)
     dirty_items: dict[int, set[str]] = field(default_factory=dict)
+    counters: dict[str, float] = field(default_factory=dict)  # shared additive counters
 
 
 @dataclass
@@ -78,6 +80,14 @@ class StreamState(Protocol):
 
     def release_dirty(self, partition: int, stale_item_fields: dict[str, list[str]]) -> None:
         """Mark the claimed entities written; drop counter fields no window can see."""
+        ...
+
+    def load_counters(self) -> dict[str, float]:
+        """The shared additive counters (bandit statistics, learner weights, rewards)."""
+        ...
+
+    def write_board(self, entries: list[BoardEntry]) -> None:
+        """Record items' latest popularity and CTR on the item board serving reads."""
         ...
 
     def close(self) -> None: ...

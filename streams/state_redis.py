@@ -7,7 +7,9 @@ from collections.abc import Iterable
 
 import redis
 
+from features import online_state
 from features.aggregates import UserState
+from features.online_state import BoardEntry
 from streamrec.errors import StoreError
 from streams.state import BatchUpdate, Claimed, ItemCounters
 
@@ -87,6 +89,8 @@ class RedisStreamState:
             pipe.sadd(self._k("dirty", "u", p), *users)
         for p, items in update.dirty_items.items():
             pipe.sadd(self._k("dirty", "i", p), *items)
+        if update.counters:
+            online_state.redis_add_counters(pipe, self._ns, update.counters)
         if update.offsets:
             pipe.hset(
                 self._k("offsets", update.topic),
@@ -125,6 +129,15 @@ class RedisStreamState:
             if fields:
                 pipe.hdel(self._k("i", item), *fields)
         pipe.delete(self._k("claimed", "u", partition), self._k("claimed", "i", partition))
+        pipe.execute()
+
+    def load_counters(self) -> dict[str, float]:
+        raw = self._r.hgetall(self._k("counters"))
+        return {k.decode(): float(v) for k, v in raw.items()}
+
+    def write_board(self, entries: list[BoardEntry]) -> None:
+        pipe = self._r.pipeline(transaction=False)
+        online_state.redis_write_board(pipe, self._ns, entries)
         pipe.execute()
 
     def close(self) -> None:

@@ -7,7 +7,9 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from features import online_state
 from features.aggregates import UserState
+from features.online_state import BoardEntry
 from streams.state import BatchUpdate, Claimed, ItemCounters
 
 _SCHEMA = """
@@ -38,6 +40,7 @@ class SqliteStreamState:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._db.executescript(online_state.SCHEMA_SQL)
 
     def applied_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
         rows = dict(self._db.execute("SELECT part, off FROM offsets WHERE topic = ?", (topic,)))
@@ -80,6 +83,8 @@ class SqliteStreamState:
                 " ON CONFLICT(part, kind, entity) DO UPDATE SET claimed = 0",
                 dirty,
             )
+            if update.counters:
+                online_state.sqlite_add_counters(db, update.counters)
             db.executemany(
                 "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT(topic, part)"
                 " DO UPDATE SET off = excluded.off",
@@ -135,6 +140,14 @@ class SqliteStreamState:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def load_counters(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self._db.execute("SELECT name, value FROM counters")}
+
+    def write_board(self, entries: list[BoardEntry]) -> None:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            online_state.sqlite_write_board(self._db, entries)
 
     def close(self) -> None:
         self._db.close()

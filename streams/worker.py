@@ -24,6 +24,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from features import online_state
 from features.aggregates import AggregateConfig
 from features.online_writer import OnlineWriter, RedisLayoutWriter, SqliteLayoutWriter
 from streamrec.errors import InvalidEvent
@@ -33,6 +34,7 @@ from streams import metrics
 from streams.archive import ArchiveSink
 from streams.dlq import DeadLetter, DeadLetterPublisher
 from streams.processor import FeatureProcessor, Message
+from streams.rewards import RewardJoiner
 from streams.state import StreamState
 from streams.topics import ensure_topics, partition_count
 
@@ -51,14 +53,13 @@ def aggregate_config(settings: Settings) -> AggregateConfig:
 
 def open_state(settings: Settings) -> StreamState:
     """Redis when STREAMREC_REDIS_URL is set, else SQLite under the data dir."""
-    namespace = f"streamrec:{settings.consumer_group}"
     if settings.redis_url:
         from streams.state_redis import RedisStreamState
 
-        return RedisStreamState(settings.redis_url, namespace)
+        return RedisStreamState(settings.redis_url, online_state.namespace(settings))
     from streams.state_sqlite import SqliteStreamState
 
-    return SqliteStreamState(settings.data_dir / "stream_state.db")
+    return SqliteStreamState(online_state.state_db_path(settings))
 
 
 def open_writer(settings: Settings) -> OnlineWriter:
@@ -83,7 +84,12 @@ class StreamWorker:
         self._state = open_state(settings)
         self._writer = open_writer(settings)
         self._processor = FeatureProcessor(
-            self._state, self._writer, aggregate_config(settings), self._topic, partitions
+            self._state,
+            self._writer,
+            aggregate_config(settings),
+            self._topic,
+            partitions,
+            RewardJoiner(settings.attribution_window_s * 1000),
         )
         self._archive = ArchiveSink(
             settings.archive_dir, self._topic, settings.archive_flush_rows, settings.archive_flush_s

@@ -1,0 +1,86 @@
+"""What serving re-reads every second: bandit parameters and the item board.
+
+The stream workers keep both current (`features.online_state`); a background thread
+here copies them into memory every `refresh_s`, so a request never waits on them and a
+store outage only freezes them at their last good value (counted in `state_age`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from features.online_state import BoardEntry, OnlineStateReader, merge_entries
+from models.bandit import BanditStats, CtrLearner
+from models.bandit_state import BanditState
+from online import metrics
+from streamrec.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LiveView:
+    """One consistent copy of the live state; replaced whole on every refresh."""
+
+    bandit: BanditState
+    hot: tuple[BoardEntry, ...] = ()  # most popular first
+    new: tuple[BoardEntry, ...] = ()  # newest first
+    by_id: dict[str, BoardEntry] = field(default_factory=dict)
+    refreshed_at: float = 0.0
+
+
+def empty_view() -> LiveView:
+    return LiveView(BanditState(BanditStats.zeros(), CtrLearner.from_weights({})))
+
+
+class LiveState:
+    def __init__(self, reader: OnlineStateReader, board_size: int, refresh_s: float) -> None:
+        self._reader = reader
+        self._board_size = board_size
+        self._refresh_s = refresh_s
+        self._view = empty_view()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    @property
+    def view(self) -> LiveView:
+        return self._view
+
+    def refresh(self) -> bool:
+        """Read the store once; keep the last good view on failure. Returns success."""
+        try:
+            bandit = BanditState.from_counters(self._reader.counters())
+            hot = self._reader.hottest(self._board_size)
+            new = self._reader.newest(max(self._board_size // 5, 1))
+        except StoreError as exc:
+            if self.last_error is None:
+                log.warning("online state unavailable, keeping the last view: %s", exc.message)
+            self.last_error = exc.message
+            return False
+        by_id = {e.item_id: e for e in merge_entries(hot, new)}
+        self._view = LiveView(bandit, tuple(hot), tuple(new), by_id, time.time())
+        self.last_error = None
+        for policy, reward in bandit.rewards.items():
+            metrics.POLICY_CTR.labels(policy).set(reward.ctr)
+            metrics.POLICY_IMPRESSIONS.labels(policy).set(reward.impressions)
+        return True
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._loop, name="live-state", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._refresh_s):
+            self.refresh()
+            metrics.STATE_AGE.set(time.time() - self._view.refreshed_at)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._reader.close()

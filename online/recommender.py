@@ -1,0 +1,273 @@
+"""The request path: features → user tower → index candidates → filter → bandit → top-k.
+
+Every answer is logged as impression events (one per shown item, with request id,
+position, propensity, policy, model version and the bandit features the policy saw), so
+the stream workers can join clicks to them as rewards. Nothing here raises on a missing
+dependency: no model, or an online store that is down, gives a popularity answer marked
+`degraded` (and counted) instead of an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from features.aggregates import USER_FEATURES
+from features.online_reader import OnlineReader
+from models.bandit import FEATURE_NAMES, Candidates, Policy, make_policy
+from models.bandit_state import encode_x
+from models.data import FIRST_ITEM
+from online import metrics
+from online.live import LiveState, LiveView
+from online.outbox import Outbox
+from online.snapshot import ModelSnapshot, SnapshotHolder
+from streamrec.errors import StoreError
+from streamrec.events import Event
+from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_NUMERIC_USER = tuple(f for f in USER_FEATURES if f != "recent_items")
+_NEW_ITEM_SHARE = 0.1  # of the candidate list, reserved for items the model does not know
+
+
+@dataclass(frozen=True)
+class RecRequest:
+    user_id: str
+    k: int
+    context: dict[str, str | int | float | bool] = field(default_factory=dict)
+    exclude_seen: bool = True
+    policy: str | None = None  # None = the configured default
+    exploration: float | None = None  # None = the configured default
+
+
+@dataclass(frozen=True)
+class RecItem:
+    item_id: str
+    score: float
+    propensity: float
+
+
+@dataclass(frozen=True)
+class RecAnswer:
+    request_id: str
+    user_id: str
+    items: list[RecItem]
+    model_version: str | None
+    policy: str
+    degraded: bool
+    reason: str | None = None
+
+
+def _timed(stage: str, started: float) -> float:
+    now = time.perf_counter()
+    metrics.STAGE_SECONDS.labels(stage).observe(now - started)
+    return now
+
+
+class Recommender:
+    def __init__(
+        self,
+        settings: Settings,
+        models: SnapshotHolder,
+        features: OnlineReader,
+        live: LiveState,
+        impressions: Outbox | None,
+    ) -> None:
+        self._s = settings
+        self._models = models
+        self._features = features
+        self._live = live
+        self._impressions = impressions
+        self._policies: dict[tuple[int, str, float], Policy] = {}
+        self._new_cache: tuple[tuple[int, str], list[str]] | None = None
+        self.blocked: frozenset[str] = frozenset()
+
+    # --- policies ----------------------------------------------------------------------
+
+    def _policy(self, view: LiveView, name: str, exploration: float) -> Policy:
+        """Policies are rebuilt only when the live view (its parameters) changes."""
+        key = (id(view), name, exploration)
+        policy = self._policies.get(key)
+        if policy is None:
+            if len(self._policies) > 64:
+                self._policies.clear()
+            policy = make_policy(
+                name,  # type: ignore[arg-type]  # validated at the API edge
+                view.bandit.stats,
+                view.bandit.learner,
+                exploration,
+                self._s.propensity_samples,
+            )
+            self._policies[key] = policy
+        return policy
+
+    # --- the request -------------------------------------------------------------------
+
+    def recommend(self, req: RecRequest) -> RecAnswer:
+        t0 = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        now_ms = int(time.time() * 1000)
+        snap = self._models.current
+        view = self._live.view
+        try:
+            user = self._features.users([req.user_id])[0]
+        except StoreError:
+            return self._fallback(req, request_id, view, snap, now_ms, "store_down", t0)
+        t = _timed("features", t0)
+        if snap is None:
+            return self._fallback(req, request_id, view, snap, now_ms, "no_model", t0)
+        recent: list[str] = list(user["recent_items"]) if user else []
+        if user and user.get("last_seen_ms"):
+            metrics.FEATURE_AGE.observe(max(now_ms - int(user["last_seen_ms"]), 0) / 1000)
+        seen = set(recent) if req.exclude_seen else set()
+        skip = seen | self.blocked
+        n = self._s.candidates
+        try:
+            if user is None:  # cold start: trending and new items, explored by the bandit
+                hits = [(e.item_id, 0.0) for e in view.hot if e.item_id not in skip][:n]
+                if not hits:
+                    hits = [(i, 0.0) for i in snap.popular if i not in skip][:n]
+            else:
+                columns = {f: np.asarray([user[f] or 0], dtype=np.int64) for f in _NUMERIC_USER}
+                vec = snap.user_vector(req.user_id, recent, columns, now_ms)
+                t = _timed("user_tower", t)
+                hits = snap.index.search(vec[None, :], n, exclude=[skip])[0]
+                t = _timed("retrieve", t)
+        except Exception:  # a broken model must not fail the request
+            log.exception("model path failed for %s; answering from popularity", snap.version)
+            return self._fallback(req, request_id, view, snap, now_ms, "model_error", t0)
+        ids = [i for i, _ in hits if i not in self.blocked]
+        scores = [s for i, s in hits if i not in self.blocked]
+        have = set(ids)
+        for item in self._new_items(view, snap)[: max(1, int(n * _NEW_ITEM_SHARE))]:
+            if item not in have and item not in skip:
+                ids.append(item)
+                scores.append(0.0)
+        cands = self._candidates(ids, np.asarray(scores), recent, snap, view, now_ms)
+        name = req.policy or self._s.bandit_policy
+        exploration = self._s.exploration if req.exploration is None else req.exploration
+        rng = np.random.default_rng(int(request_id[:16], 16))
+        slate = self._policy(view, name, exploration).rank(cands, req.k, rng)
+        t = _timed("rerank", t)
+        items = [
+            RecItem(ids[i], float(s), float(p))
+            for i, s, p in zip(slate.order, slate.scores, slate.propensity, strict=True)
+        ]
+        self._log(req, request_id, items, cands.x[slate.order], name, snap.version, now_ms)
+        _timed("publish", t)
+        _timed("total", t0)
+        return RecAnswer(request_id, req.user_id, items, snap.version, name, degraded=False)
+
+    def _new_items(self, view: LiveView, snap: ModelSnapshot) -> list[str]:
+        """Items the stream saw recently that the serving model does not know (cached)."""
+        key = (id(view), snap.version)
+        if self._new_cache is None or self._new_cache[0] != key:
+            ids = [e.item_id for e in view.new]
+            codes = snap.codes(ids) if ids else np.zeros(0, dtype=np.int64)
+            self._new_cache = (key, [i for i, c in zip(ids, codes, strict=True) if c < FIRST_ITEM])
+        return self._new_cache[1]
+
+    def _candidates(
+        self,
+        ids: list[str],
+        scores: np.ndarray,
+        recent: Sequence[str],
+        snap: ModelSnapshot,
+        view: LiveView,
+        now_ms: int,
+    ) -> Candidates:
+        """Bandit features of each candidate: live board values for hot and new items,
+        the model's training-time statistics for the long tail."""
+        n = len(ids)
+        codes = snap.codes(ids) if n else np.zeros(0, dtype=np.int64)
+        known = codes >= FIRST_ITEM
+        ctr = np.where(known, snap.item_ctr[codes], self._s.ctr_prior)
+        pop = np.where(known, snap.item_popularity[codes], 0.0)
+        clicks = np.where(known, snap.item_clicks[codes], 0.0)
+        imps = np.where(known, snap.item_impressions[codes], 0.0)
+        first = np.zeros(n)
+        by_id = view.by_id
+        for j, item in enumerate(ids):
+            e = by_id.get(item)
+            if e is not None:
+                ctr[j], pop[j], first[j] = e.ctr, e.popularity, e.first_ms
+                clicks[j], imps[j] = e.clicks, e.impressions
+        x = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float64)
+        x[:, _COL["bias"]] = 1.0
+        x[:, _COL["retrieval_score"]] = scores
+        x[:, _COL["ctr"]] = ctr
+        x[:, _COL["log1p_popularity"]] = np.log1p(pop)
+        age_h = np.where(first > 0, np.maximum(now_ms - first, 0) / 3_600_000, np.inf)
+        x[:, _COL["freshness"]] = np.exp(-age_h / 24.0)
+        x[:, _COL["in_model"]] = known
+        x[:, _COL["affinity"]] = snap.affinity(ids, recent)
+        return Candidates(item_ids=ids, x=x, clicks=clicks, impressions=imps)
+
+    # --- fallback and logging ------------------------------------------------------------
+
+    def _fallback(
+        self,
+        req: RecRequest,
+        request_id: str,
+        view: LiveView,
+        snap: ModelSnapshot | None,
+        now_ms: int,
+        cause: str,
+        t0: float,
+    ) -> RecAnswer:
+        metrics.DEGRADED.labels(cause).inc()
+        pool: list[str] = [e.item_id for e in view.hot]
+        if not pool and snap is not None:
+            pool = list(snap.popular)
+        picked = [i for i in pool if i not in self.blocked][: req.k]
+        total = max(len(picked), 1)
+        items = [RecItem(i, float(total - r) / total, 1.0) for r, i in enumerate(picked)]
+        version = snap.version if snap else None
+        self._log(req, request_id, items, None, "popularity", version, now_ms)
+        _timed("total", t0)
+        return RecAnswer(
+            request_id, req.user_id, items, version, "popularity", degraded=True, reason=cause
+        )
+
+    def _log(
+        self,
+        req: RecRequest,
+        request_id: str,
+        items: list[RecItem],
+        x: np.ndarray | None,
+        policy: str,
+        version: str | None,
+        now_ms: int,
+    ) -> None:
+        if self._impressions is None or not items:
+            return
+        base: dict[str, str | int | float | bool] = dict(req.context)
+        base["policy"] = policy
+        if version:
+            base["model"] = version
+        events = []
+        for pos, item in enumerate(items):
+            ctx = dict(base)
+            if x is not None:
+                ctx["x"] = encode_x(x[pos])
+            events.append(
+                Event(
+                    event_id=f"{request_id}-{pos}",
+                    event_type="impression",
+                    user_id=req.user_id,
+                    item_id=item.item_id,
+                    ts_ms=now_ms,
+                    request_id=request_id,
+                    position=pos,
+                    propensity=item.propensity,
+                    context=ctx,
+                )
+            )
+        self._impressions.offer(events)

@@ -1,0 +1,172 @@
+"""The published model as serving holds it: towers, vocabulary, index, swapped atomically.
+
+A `ModelSnapshot` is immutable once loaded. `SnapshotHolder` keeps the current one in a
+single reference: a request takes the reference once and uses that snapshot to the end,
+so a swap (reload, rollback) never mixes two versions inside one answer and never fails
+a request. Loading happens off the request path; a version that fails verification is
+refused and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from features.vectors import ITEM_DENSE_NAMES, user_dense
+from index.item_index import ItemIndex
+from models.data import FIRST_ITEM, ItemVocab, hash_ids
+from models.embed import item_embeddings
+from models.io import load_model
+from models.registry import Registry
+from models.two_tower import TwoTower
+from streamrec.errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+_POPULARITY = ITEM_DENSE_NAMES.index("log1p_popularity_24h")
+_CTR = ITEM_DENSE_NAMES.index("ctr_smoothed")
+_CLICKS = ITEM_DENSE_NAMES.index("log1p_clicks_24h")
+_IMPRESSIONS = ITEM_DENSE_NAMES.index("log1p_impressions_24h")
+_FALLBACK_ITEMS = 1000
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    version: str
+    model: TwoTower
+    vocab: ItemVocab
+    index: ItemIndex
+    item_vectors: np.ndarray  # float32 [len(vocab), D], rows by vocabulary index
+    recent_items: int
+    popular: tuple[str, ...]  # the catalogue by popularity at training time (fallback)
+    loaded_at: float
+    # Item statistics as of training, by vocabulary index: the long tail's bandit inputs
+    # (live values come from the item board for hot and new items).
+    item_ctr: np.ndarray
+    item_popularity: np.ndarray
+    item_clicks: np.ndarray
+    item_impressions: np.ndarray
+
+    def user_vector(
+        self, user_id: str, recent_items: Sequence[str], columns: dict[str, np.ndarray], now_ms: int
+    ) -> np.ndarray:
+        """float32 [D]: the user tower on the user's live features (same transform as training)."""
+        seq = np.zeros((1, self.recent_items), dtype=np.int64)
+        codes = self.vocab.lookup(list(recent_items[: self.recent_items]))
+        seq[0, : len(codes)] = codes
+        dense = user_dense(columns, now_ms)
+        bucket = hash_ids([user_id], int(self.model.config.user_buckets))
+        with torch.inference_mode():
+            vec = self.model.user_vectors(
+                torch.from_numpy(bucket), torch.from_numpy(seq), torch.from_numpy(dense)
+            )
+        return vec[0].numpy()
+
+    def affinity(self, item_ids: Sequence[str], recent_items: Sequence[str]) -> np.ndarray:
+        """Cosine of each item with the mean of the user's last three items (0 if unknown)."""
+        out = np.zeros(len(item_ids), dtype=np.float64)
+        recent = self.vocab.lookup(list(recent_items[:3]))
+        recent = recent[recent >= FIRST_ITEM]
+        if not len(recent) or not len(item_ids):
+            return out
+        anchor = self.item_vectors[recent].mean(axis=0)
+        norm = float(np.linalg.norm(anchor))
+        if norm == 0.0:
+            return out
+        codes = self.vocab.lookup(list(item_ids))
+        known = codes >= FIRST_ITEM
+        out[known] = self.item_vectors[codes[known]] @ (anchor / norm)
+        return out
+
+    def codes(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Vocabulary index of each item (1 = unknown to this model)."""
+        return self.vocab.lookup(list(item_ids))
+
+
+def load_snapshot(registry: Registry, name: str | None = None) -> ModelSnapshot:
+    """Verify and load a version (default: the current one). Raises ArtifactError."""
+    name = name or registry.current()
+    if name is None:
+        raise ArtifactError("No published model yet. Run `streamrec retrain` first.")
+    vdir: Path = registry.verify(name)
+    model = load_model(vdir / "model")
+    model.eval()
+    vocab = ItemVocab.load(vdir / "vocab.json")
+    index = ItemIndex.load(vdir / "index")
+    meta = json.loads((vdir / "meta.json").read_text())
+    vectors = item_embeddings(model)
+    dense = model.item_dense.cpu().numpy().astype(np.float64)
+    if dense.shape[1] != len(ITEM_DENSE_NAMES):
+        raise ArtifactError(f"{name}: item features {dense.shape[1]}, expected {len(ITEM_DENSE_NAMES)}")
+    pop = np.expm1(dense[:, _POPULARITY])
+    ids = vocab.ids
+    if len(pop) == len(ids):
+        order = np.argsort(-pop[FIRST_ITEM:], kind="stable")[:_FALLBACK_ITEMS] + FIRST_ITEM
+        popular = tuple(ids[i] for i in order)
+    else:
+        popular = tuple(ids[FIRST_ITEM : FIRST_ITEM + _FALLBACK_ITEMS])
+    log.info("loaded model %s (%d items, index %s)", name, len(index), index.info.get("kind"))
+    return ModelSnapshot(
+        version=name,
+        model=model,
+        vocab=vocab,
+        index=index,
+        item_vectors=vectors,
+        recent_items=int(meta.get("recent_items", 50)),
+        popular=popular,
+        loaded_at=time.time(),
+        item_ctr=dense[:, _CTR],
+        item_popularity=pop,
+        item_clicks=np.expm1(dense[:, _CLICKS]),
+        item_impressions=np.expm1(dense[:, _IMPRESSIONS]),
+    )
+
+
+class SnapshotHolder:
+    """The current snapshot; `reload()` swaps in the registry's current version if new."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._snapshot: ModelSnapshot | None = None
+        self._lock = threading.Lock()  # one load at a time; readers never take it
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> ModelSnapshot | None:
+        return self._snapshot
+
+    def reload(self, force: bool = False) -> ModelSnapshot | None:
+        """Load the registry's current version unless it is already serving."""
+        with self._lock:
+            try:
+                name = self._registry.current()
+            except ArtifactError as exc:
+                self.last_error = exc.message
+                return self._snapshot
+            if name is None:
+                self.last_error = "no published model"
+                return self._snapshot
+            if not force and self._snapshot is not None and self._snapshot.version == name:
+                return self._snapshot
+            try:
+                snap = load_snapshot(self._registry, name)
+            except (ArtifactError, OSError, ValueError) as exc:
+                self.last_error = f"{name}: {exc}"
+                log.error("model %s refused, keeping %s: %s", name, self.version, exc)
+                return self._snapshot
+            self._snapshot = snap  # the swap: one reference assignment
+            self.last_error = None
+            return snap
+
+    @property
+    def version(self) -> str | None:
+        snap = self._snapshot
+        return snap.version if snap else None

@@ -1,0 +1,165 @@
+"""Degrade, don't fail: Redis stopped, broker stopped, model swapped under load.
+
+Each test runs the real API (uvicorn in a thread) over a real published model, and stops
+a real dependency (its own redis-server, its own tansu broker) underneath it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from features.repo import apply
+from models.registry import Registry
+from offline.retrain import retrain
+from online.app import create_app
+from online.loop import quick_retrain_config, seed_history
+from online.server import BackgroundServer
+from online.services import build_services
+from streamrec.settings import Settings, load_settings
+from streamrec.simulation import World, WorldParams
+from streams.broker import EmbeddedBroker, free_port, stop_process
+from streams.local_redis import start_redis_server
+from tests.conftest import _missing
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir whose registry holds two published versions (v1, then v2 current)."""
+    root = tmp_path_factory.mktemp("faults")
+    settings = load_settings(data_dir=root)
+    world = World(WorldParams(users=200, items=150, seed=4, affinity=6.0, zipf=0.5, groups=6))
+    seed_history(settings, world, 30_000, days=1)
+    reg = Registry(settings.registry_dir)
+    cfg = quick_retrain_config(epochs=2)
+    first = retrain(settings.archive_dir, reg, cfg)
+    second = retrain(settings.archive_dir, reg, cfg, force=True)
+    assert first.published and second.published and reg.current() == second.version
+    apply(settings)  # the SQLite online store (empty: every user is a cold start)
+    return root
+
+
+def _serve(settings: Settings, kafka: bool = False) -> tuple[BackgroundServer, object]:
+    services = build_services(settings, kafka=kafka)
+    services.start()
+    server = BackgroundServer(create_app(settings, services), free_port()).start()
+    return server, services
+
+
+def test_redis_stopped_gives_degraded_200(data_dir: Path, tmp_path: Path) -> None:
+    try:
+        url, proc = start_redis_server(tmp_path)
+    except Exception as exc:
+        _missing(f"redis-server ({exc})")
+    settings = load_settings(data_dir=data_dir, redis_url=url, api_auth="off", refresh_s=0.2)
+    server, services = _serve(settings)
+    try:
+        ok = httpx.get(f"{server.url}/v1/recommendations/u1?k=5").json()
+        assert ok["degraded"] is False and len(ok["items"]) == 5
+        stop_process(proc, 10)
+        started = time.monotonic()
+        r = httpx.get(f"{server.url}/v1/recommendations/u1?k=5")
+        elapsed = time.monotonic() - started
+        body = r.json()
+        assert r.status_code == 200
+        assert body["degraded"] is True and body["reason"] == "store_down"
+        assert body["policy"] == "popularity" and len(body["items"]) == 5
+        assert elapsed < 2.0  # a dead store costs one short timeout, not a hang
+        assert httpx.get(f"{server.url}/readyz").status_code == 503
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'streamrec_api_degraded_total{cause="store_down"}' in metrics
+    finally:
+        server.stop()
+        services.stop()  # type: ignore[attr-defined]
+        stop_process(proc, 5)
+
+
+def test_broker_stopped_keeps_serving_and_counts_dropped_impressions(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    broker = EmbeddedBroker(free_port(), log_path=tmp_path / "tansu.log")
+    try:
+        broker.start()
+    except Exception as exc:
+        _missing(f"the embedded broker ({exc})")
+    settings = load_settings(
+        data_dir=data_dir,
+        kafka_bootstrap=broker.bootstrap,
+        api_auth="off",
+        impression_buffer=30,
+    )
+    server, services = _serve(settings, kafka=True)
+    try:
+        assert httpx.get(f"{server.url}/v1/recommendations/u1?k=5").status_code == 200
+        broker.stop()
+        slowest = 0.0
+        for n in range(20):
+            started = time.monotonic()
+            r = httpx.get(f"{server.url}/v1/recommendations/u{n}?k=5")
+            slowest = max(slowest, time.monotonic() - started)
+            assert r.status_code == 200 and len(r.json()["items"]) == 5
+        assert slowest < 1.0  # publishing never blocks the response
+        dropped = services.impressions.dropped  # type: ignore[attr-defined]
+        assert dropped > 0  # 100 impressions into a buffer of 30: the rest counted, not hung
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'streamrec_api_outbox_events_total{fate="dropped",kind="impression"}' in metrics
+    finally:
+        server.stop()
+        services.stop()  # type: ignore[attr-defined]
+        broker.stop()
+
+
+def test_model_swap_under_load_fails_no_request(data_dir: Path) -> None:
+    # the watcher would race the explicit reloads below: poll rarely
+    settings = load_settings(data_dir=data_dir, api_auth="off", reload_poll_s=3600)
+    reg = Registry(settings.registry_dir)
+    server, services = _serve(settings)
+    statuses: Counter[int] = Counter()
+    versions: Counter[str] = Counter()
+    degraded = 0
+    stop = threading.Event()
+
+    def load() -> None:
+        nonlocal degraded
+        with httpx.Client(base_url=server.url) as client:
+            n = 0
+            while not stop.is_set():
+                r = client.get(f"/v1/recommendations/u{n % 50}?k=10")
+                statuses[r.status_code] += 1
+                if r.status_code == 200:
+                    body = r.json()
+                    versions[body["model_version"]] += 1
+                    degraded += body["degraded"]
+                n += 1
+
+    clients = [threading.Thread(target=load) for _ in range(3)]
+    try:
+        for t in clients:
+            t.start()
+        for _ in range(3):
+            time.sleep(0.3)
+            reg.rollback()
+            assert httpx.post(f"{server.url}/v1/admin/reload").json()["changed"] is True
+            time.sleep(0.3)
+            latest = reg.list()[-1].name
+            reg.promote(latest, reason="swap test")
+            assert httpx.post(f"{server.url}/v1/admin/reload").json()["changed"] is True
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=10)
+        server.stop()
+        services.stop()  # type: ignore[attr-defined]
+    total = sum(statuses.values())
+    assert total > 100
+    assert statuses == Counter({200: total}), statuses
+    assert degraded == 0
+    assert len(versions) == 2  # both versions answered, nothing else
