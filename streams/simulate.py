@@ -25,9 +25,14 @@ def run_simulation(
     rate: float,
     seed: int,
     progress: bool = True,
+    world: World | None = None,
 ) -> tuple[int, dict[str, int]]:
-    """Produce `events` simulated events; returns (delivered, last event time per user)."""
-    world = World(WorldParams(users=users, items=items, seed=seed))
+    """Produce `events` simulated events; returns (delivered, last event time per user).
+
+    `world` replaces the default world built from users/items/seed (the full-loop demo
+    streams the same world its history was drawn from).
+    """
+    world = world or World(WorldParams(users=users, items=items, seed=seed))
     world.save(settings.data_dir / "simulation" / "world.npz")
     ensure_topics(
         settings.bootstrap, [settings.events_topic, settings.dlq_topic], settings.topic_partitions
