@@ -10,7 +10,7 @@ own writer through Feast's own reader.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import mmh3
@@ -53,6 +53,18 @@ def entity_key(join_key: str, value: str) -> bytes:
     )
 
 
+def entity_keys(join_key: str, values: Iterable[str], suffix: bytes = b"") -> list[bytes]:
+    """`entity_key(join_key, v) + suffix` for many values (the reader's hot path)."""
+    k = join_key.encode()
+    prefix = b"".join((_U32.pack(1), _U32.pack(_STRING), _U32.pack(len(k)), k, _U32.pack(_STRING)))
+    pack = _U32.pack
+    out = []
+    for value in values:
+        v = value.encode()
+        out.append(b"".join((prefix, pack(len(v)), v, suffix)))
+    return out
+
+
 def encode_value(value: Any) -> bytes:
     """A feast `Value` protobuf for an int, float, str or list of str."""
     if isinstance(value, bool):
@@ -90,3 +102,98 @@ def value_text(value: Any) -> str | None:
     if isinstance(value, bool | int | float):
         return str(value)
     return None
+
+
+# --- decoders: the serving hot path reads the same bytes back without Feast ------------
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """A protobuf varint at `pos`: (value, position after it). ValueError if truncated."""
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _read_len(buf: bytes, pos: int) -> tuple[int, int]:
+    """A length-delimited payload's (start, end) after the tag at `pos - 1`."""
+    size, start = _read_varint(buf, pos)
+    end = start + size
+    if end > len(buf):
+        raise ValueError("length-delimited field runs past the end")
+    return start, end
+
+
+def _string_list(buf: bytes, start: int, end: int) -> list[str]:
+    out: list[str] = []
+    pos = start
+    while pos < end:
+        if buf[pos] != 0x0A:  # StringList.val = field 1, length-delimited
+            raise ValueError(f"unexpected tag {buf[pos]:#x} in a StringList")
+        s, e = _read_len(buf, pos + 1)
+        if e > end:
+            raise ValueError("string runs past its StringList")
+        out.append(buf[s:e].decode())
+        pos = e
+    return out
+
+
+def decode_value(buf: bytes) -> Any:
+    """The Python value of a feast `Value` protobuf, as Feast's SDK returns it.
+
+    The inverse of `encode_value`: int, float, str, bool, list[str]; an unset `Value`
+    (no bytes) is None, as Feast reads it. Another field of the `Value` oneof (Feast's
+    int32, bytes, float lists, ...) raises ValueError: nothing in streamrec writes one.
+    """
+    n = len(buf)
+    if n == 2 and buf[0] == 0x20 and buf[1] < 0x80:  # a small int64: most counters
+        return buf[1]
+    value: Any = None
+    pos = 0
+    while pos < n:  # proto3 parsing: fields in any order, the last of the oneof wins
+        tag = buf[pos]
+        if tag == 0x20:  # int64_val = 4, varint
+            raw, pos = _read_varint(buf, pos + 1)
+            value = raw - (1 << 64) if raw >= 1 << 63 else raw
+        elif tag == 0x29:  # double_val = 5, fixed64
+            if pos + 9 > n:
+                raise ValueError("truncated double")
+            value = _F64.unpack_from(buf, pos + 1)[0]
+            pos += 9
+        elif tag == 0x12:  # string_val = 2, length-delimited
+            start, pos = _read_len(buf, pos + 1)
+            value = buf[start:pos].decode()
+        elif tag == 0x62:  # string_list_val = 12, length-delimited StringList
+            start, pos = _read_len(buf, pos + 1)
+            value = _string_list(buf, start, pos)
+        elif tag == 0x38:  # bool_val = 7, varint
+            raw, pos = _read_varint(buf, pos + 1)
+            value = raw != 0
+        else:
+            raise ValueError(f"no decoder for Value field tag {tag:#x}")
+    return value
+
+
+def decode_timestamp(buf: bytes) -> int:
+    """Epoch milliseconds of a google.protobuf.Timestamp (the inverse of `encode_timestamp`).
+
+    Sub-millisecond nanos are dropped toward minus infinity, as `Timestamp.ToMilliseconds`.
+    """
+    seconds = nanos = 0
+    pos, n = 0, len(buf)
+    while pos < n:
+        tag = buf[pos]
+        raw, pos = _read_varint(buf, pos + 1)
+        if tag == 0x08:
+            seconds = raw - (1 << 64) if raw >= 1 << 63 else raw
+        elif tag == 0x10:
+            nanos = raw - (1 << 64) if raw >= 1 << 63 else raw
+        else:
+            raise ValueError(f"no decoder for Timestamp field tag {tag:#x}")
+    return seconds * 1000 + nanos // 1_000_000

@@ -175,3 +175,110 @@ def test_bytes_and_other_types_have_no_encoding() -> None:
     for value in (b"ab", bytearray(b"x"), {"a": 1}, None):
         with pytest.raises(TypeError):
             encode_value(value)
+
+
+# --- decoders: decode(encode(v)) == v, and Feast's parser agrees on what the bytes mean --
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, of the same type, and for floats the same bits (-0.0, nan)."""
+    if isinstance(a, float):
+        return type(b) is float and layout._F64.pack(a) == layout._F64.pack(b)
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("value", [*INTS, *FLOATS, float("nan"), *STRINGS, True, False])
+def test_decode_round_trips_scalars(value: Any) -> None:
+    assert _same(layout.decode_value(layout.encode_value(value)), value)
+
+
+@pytest.mark.parametrize("value", STRING_LISTS)
+def test_decode_round_trips_string_lists(value: list[str]) -> None:
+    assert layout.decode_value(layout.encode_value(value)) == list(value)
+    assert type(layout.decode_value(layout.encode_value(value))) is list
+
+
+def test_decoded_lists_are_fresh() -> None:
+    raw = layout.encode_value(["a"])
+    first = layout.decode_value(raw)
+    first.append("b")
+    assert layout.decode_value(raw) == ["a"]
+
+
+def test_unset_value_decodes_to_none(feast: Any) -> None:
+    assert layout.decode_value(b"") is None
+    assert layout.decode_value(feast.Value().SerializeToString()) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"int64_val": 0},
+        {"int64_val": -(2**63)},
+        {"double_val": 0.1},
+        {"string_val": "ünï"},
+        {"bool_val": False},
+        {"string_list_val": {"val": ["", "😀", "x" * 200]}},
+    ],
+)
+def test_decodes_what_feast_serializes(feast: Any, value: dict[str, Any]) -> None:
+    ((field, payload),) = value.items()
+    if field == "string_list_val":
+        proto = feast.Value(string_list_val=feast.StringList(**payload))
+        expected: Any = list(payload["val"])
+    else:
+        proto = feast.Value(**{field: payload})
+        expected = payload
+    assert _same(layout.decode_value(proto.SerializeToString()), expected)
+
+
+def test_last_field_of_the_oneof_wins_as_in_protobuf(feast: Any) -> None:
+    """Concatenated messages merge; for a oneof the last field set is the value."""
+    raw = layout.encode_value(7) + layout.encode_value("s") + layout.encode_value(2.5)
+    parsed = feast.Value.FromString(raw)
+    assert parsed.WhichOneof("val") == "double_val"
+    assert layout.decode_value(raw) == parsed.double_val == 2.5
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x20",  # int64 tag with no varint
+        b"\x20\x80",  # varint cut short
+        b"\x20" + b"\xff" * 11,  # varint longer than 64 bits
+        b"\x29\x00\x00",  # double cut short
+        b"\x12\x05ab",  # string shorter than its length
+        b"\x12\x01\xff",  # not UTF-8
+        b"\x62\x03\x0a\x05a",  # list item runs past the list
+        b"\x62\x02\x12\x00",  # a StringList with a field other than val
+        b"\x0a\x01x",  # bytes_val: a Value field streamrec never writes
+        b"\x18\x01",  # int32_val: likewise
+    ],
+)
+def test_malformed_or_foreign_values_raise(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        layout.decode_value(raw)
+
+
+@pytest.mark.parametrize(
+    "ts_ms",
+    [0, 1, 999, 1000, 1001, 1_700_000_000_123, 1_790_000_000_999, 2**41, -1, -1000, -1500],
+)
+def test_timestamp_round_trips(ts_ms: int) -> None:
+    assert layout.decode_timestamp(layout.encode_timestamp(ts_ms)) == ts_ms
+
+
+def test_timestamp_decodes_feast_nanos(feast: Any) -> None:
+    ts = feast.Timestamp(seconds=1_700_000_000, nanos=123_456_789)
+    assert layout.decode_timestamp(ts.SerializeToString()) == ts.ToMilliseconds()
+    with pytest.raises(ValueError):
+        layout.decode_timestamp(b"\x18\x01")
+
+
+def test_entity_keys_equal_entity_key_plus_suffix() -> None:
+    values = ["u1", "", "ünï-😀", "z" * 300]
+    assert layout.entity_keys("user_id", values, b"proj") == [
+        layout.entity_key("user_id", v) + b"proj" for v in values
+    ]
+    keys = layout.entity_keys("item_id", values)
+    assert keys == [layout.entity_key("item_id", v) for v in values]
