@@ -24,6 +24,7 @@ from models.train import train_two_tower
 from offline.archive import read_events
 from offline.config import RetrainConfig
 from offline.dataset import build_training_set
+from offline.drift import save_training_reference
 from offline.evaluate import (
     evaluate,
     load_serving,
@@ -162,6 +163,14 @@ def retrain(
             "config": json.loads(config.model_dump_json()),
         }
         (staged / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        save_training_reference(  # what `streamrec drift` compares traffic with
+            staged,
+            events,
+            model=model,
+            vocab=ts.vocab,
+            user_buckets=config.model.user_buckets,
+            recent_items=ds_cfg.recent_items,
+        )
         write_plot(staged / "report.png", metrics, result.history)
         summary["code_version"] = code_version()
         write_card(staged / "card.md", summary)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from streamrec import cli_batch
+from streamrec import cli_batch, cli_quality
 from streamrec.errors import StreamrecError
 from streamrec.settings import Settings, get_settings
 
@@ -26,6 +26,8 @@ app.add_typer(features_app, name="features")
 app.add_typer(topics_app, name="topics")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cli_batch.models_app, name="models")
+app.add_typer(cli_quality.experiment_app, name="experiment")
+app.add_typer(cli_quality.drift_app, name="drift")
 app.command("retrain")(cli_batch.retrain)
 app.command("import")(cli_batch.import_)
 app.command("recommend")(cli_batch.recommend)
