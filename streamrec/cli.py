@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from streamrec import cli_batch, cli_quality
+from streamrec import cli_batch, cli_ope, cli_quality
 from streamrec.errors import StreamrecError
 from streamrec.settings import Settings, get_settings
 
@@ -31,6 +31,7 @@ app.add_typer(cli_quality.drift_app, name="drift")
 app.command("retrain")(cli_batch.retrain)
 app.command("import")(cli_batch.import_)
 app.command("recommend")(cli_batch.recommend)
+app.command("evaluate-policy")(cli_ope.evaluate_policy)
 
 log = logging.getLogger("streamrec")
 

@@ -1,0 +1,597 @@
+"""From a logged dataset to the arrays `offline.ope` evaluates: our impression log or OBD.
+
+**Our impression log** (the archive): one `impression` event per shown item, with
+`request_id`, `position` (0-based slot), `propensity` = P(logging policy put this item at
+this slot | the request's candidates) and `context` = {"policy", "model", "x": the item's
+bandit features in `models.bandit.FEATURE_NAMES` order, ...}. The reward of an impression
+is 1 when a click with the same request_id and item_id comes 0..`attribution_window_s`
+after it. A request's *slate* is the items it showed, in slot order.
+
+**What is evaluated — the choice and its limits.** The log carries the shown items only,
+not the ~hundreds of candidates the logger chose them from, so the evaluation policy
+*reranks each request's logged slate*: `action_dist[r, a, k]` = P(candidate policy puts
+the item logged at slot a into slot k | those items). Rounds are (request, slot); the
+action of a round is its item's slot in the logged slate. The importance weight
+π_e(a → k | shown items) / propensity mixes two conditionings, so:
+
+- it is exact when the request's candidates *were* the shown items (serving with
+  `candidates == k`, or a rerank-only experiment);
+- otherwise IPS and DR estimate "the logged slates, reordered by the candidate
+  policy" only approximately, and the mean importance weight drifts from 1 (by about
+  n_candidates / slate size for a uniform logger). `WeightDiagnostics.mean` shows it;
+  SNIPS normalises it away and DM does not use the weights at all. The fix is in the
+  log, not here: log the candidate set (ids + x) for a sample of requests.
+- A request whose slots are not exactly 0..m-1 (an impression lost or outside the time
+  window) cannot be reranked and is dropped, counted in `dropped`.
+
+**Open Bandit Dataset** (`obp`'s CSV layout): the 80 items are every round's candidates,
+features from `item_context.csv` beside it, and the policy fills 3 slots; this is the
+setting obp's estimators assume, and the one the parity test checks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from models.bandit import (
+    FEATURE_NAMES,
+    BanditStats,
+    Candidates,
+    CtrLearner,
+    GreedyPolicy,
+    Policy,
+    ThompsonPolicy,
+)
+from offline import ope
+from streamrec.errors import DataError
+
+log = logging.getLogger(__name__)
+
+_MAX_DRAW_CELLS = 4_000_000  # Monte Carlo scores held at once
+
+
+@dataclass(frozen=True)
+class LoggedFeedback:
+    """A log as obp-style rounds plus the candidates each round's slate was drawn from."""
+
+    action: np.ndarray  # [n] index of the shown item among its slate's candidates
+    position: np.ndarray  # [n] slot
+    reward: np.ndarray  # [n]
+    pscore: np.ndarray  # [n] logged propensity
+    slate: np.ndarray  # [n] -> row of `candidates`
+    candidates: np.ndarray  # [S, m, D] features of each slate's candidates (0 = padding)
+    valid: np.ndarray  # [S, m] a real candidate, not padding
+    len_list: int  # slots
+    feature_names: tuple[str, ...]
+    groups: np.ndarray | None  # [n] resampling unit (request); None = every round alone
+    source: str
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> impressions left out
+    slate_ids: np.ndarray | None = None  # [S] request id of each slate (our log)
+
+    @property
+    def n_rounds(self) -> int:
+        return int(self.action.shape[0])
+
+
+# --- our impression log ---------------------------------------------------------------------
+
+
+def read_impression_log(
+    archive_dir: Path,
+    *,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    attribution_window_s: int = 1800,
+    where: dict[str, str] | None = None,
+) -> LoggedFeedback:
+    """Impressions shown in [since, until) joined with their clicks, as complete slates.
+
+    Clicks are read up to `until + window` so late rewards still count; impressions whose
+    window has not closed by the newest archived event are dropped (their reward is not
+    known yet) and counted. `where` keeps requests whose context matches, e.g.
+    {"variant": "B"}.
+    """
+    from offline.archive import read_events
+
+    window_ms = attribution_window_s * 1000
+    read_until = None if until_ms is None else until_ms + window_ms
+    frame = read_events(
+        archive_dir,
+        since_ms,
+        read_until,
+        columns=("request_id", "position", "propensity", "context"),
+    )
+    if frame.empty:
+        raise DataError(f"no events in {archive_dir} for that window; check --log and the times")
+    dropped: Counter[str] = Counter()
+    imps = frame[frame["event_type"] == "impression"]
+    if until_ms is not None:
+        imps = imps[imps["ts_ms"] < until_ms]
+    # The newest archived data stands for "now": a younger impression may still get its
+    # click, and counting it as 0 would bias every estimate down.
+    now = max(int(frame["ts_ms"].max()), _newest_partition_ms(archive_dir))
+    young = imps["ts_ms"] > now - window_ms
+    dropped["reward_window_still_open"] += int(young.sum())
+    imps = imps[~young]
+    no_request = imps["request_id"].isna()
+    dropped["impression_without_request_id"] += int(no_request.sum())
+    imps = imps[~no_request]
+    before = len(imps)
+    imps = imps.drop_duplicates(["request_id", "item_id"], keep="first")
+    dropped["repeated_impression"] += before - len(imps)
+    imps = imps.assign(reward=_rewards(imps, frame, window_ms))
+    imps, x, d = _parse_context(imps, where, dropped)
+    return _slates(imps, x, d, dropped)
+
+
+def _newest_partition_ms(archive_dir: Path) -> int:
+    """Start of the newest `date=…/hour=…` partition: the archive has data at least that new,
+    even past the window read (a cheap directory listing, no file opened)."""
+    newest = -1
+    for hour_dir in archive_dir.glob("date=*/hour=*"):
+        try:
+            stamp = pd.Timestamp(f"{hour_dir.parent.name[5:]} {hour_dir.name[5:]}:00", tz="UTC")
+        except ValueError:
+            continue
+        newest = max(newest, int(stamp.value // 1_000_000))
+    return newest
+
+
+def _rewards(imps: pd.DataFrame, frame: pd.DataFrame, window_ms: int) -> np.ndarray:
+    """1 where a click with the same (request, item) came 0..window ms after the impression."""
+    clicks = frame.loc[
+        (frame["event_type"] == "click") & frame["request_id"].notna(),
+        ["request_id", "item_id", "ts_ms"],
+    ]
+    left = imps[["request_id", "item_id", "ts_ms"]].reset_index(drop=True)
+    left["_row"] = np.arange(len(left))
+    joined = left.merge(clicks, on=["request_id", "item_id"], suffixes=("", "_click"))
+    dt = joined["ts_ms_click"] - joined["ts_ms"]
+    hit = joined.loc[(dt >= 0) & (dt <= window_ms), "_row"].to_numpy()
+    reward = np.zeros(len(left))
+    reward[hit] = 1.0
+    return reward
+
+
+def _parse_context(
+    imps: pd.DataFrame, where: dict[str, str] | None, dropped: Counter[str]
+) -> tuple[pd.DataFrame, np.ndarray, int]:
+    """Keep impressions with a propensity and a well-formed x; apply `where`."""
+    d = len(FEATURE_NAMES)
+    rows: list[np.ndarray] = []
+    keep = np.zeros(len(imps), dtype=bool)
+    match = np.ones(len(imps), dtype=bool)
+    for i, (raw, p) in enumerate(zip(imps["context"], imps["propensity"], strict=True)):
+        ctx = _json_object(raw)
+        if where and not all(str(ctx.get(k)) == v for k, v in where.items()):
+            match[i] = False
+            continue
+        x = _decode_x(ctx.get("x"), d)
+        if x is None:
+            dropped["impression_without_valid_x"] += 1
+        elif p is None or not (isinstance(p, float) and 0 < p <= 1):
+            dropped["impression_without_propensity"] += 1
+        else:
+            keep[i] = True
+            rows.append(x)
+    dropped["filtered_by_where"] += int((~match).sum())
+    # An impression that cannot be used spoils its whole slate: mark the request.
+    spoiled = set(imps["request_id"].to_numpy()[match & ~keep])
+    imps = imps[keep]
+    x = np.asarray(rows, dtype=np.float64).reshape(-1, d)
+    ok = ~imps["request_id"].isin(spoiled).to_numpy()
+    dropped["impression_in_spoiled_slate"] += int((~ok).sum())
+    return imps[ok], x[ok], d
+
+
+def _json_object(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, str):
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _decode_x(text: Any, d: int) -> np.ndarray | None:
+    if not isinstance(text, str):
+        return None
+    parts = text.split(",")
+    if len(parts) != d:
+        return None
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        return None
+    return np.asarray(values) if all(math.isfinite(v) for v in values) else None
+
+
+def _slates(imps: pd.DataFrame, x: np.ndarray, d: int, dropped: Counter[str]) -> LoggedFeedback:
+    """Group impressions into requests whose slots are exactly 0..m-1."""
+    pos = imps["position"]
+    req = imps["request_id"].to_numpy()
+    g = pd.DataFrame({"r": req, "p": pos.fillna(-1).astype(np.int64).to_numpy()})
+    stats = g.groupby("r")["p"].agg(["size", "min", "max", "nunique"])
+    complete = (stats["min"] == 0) & (stats["max"] == stats["size"] - 1)
+    complete &= stats["nunique"] == stats["size"]
+    good = set(stats.index[complete])  # a missing position (-1) is never complete
+    keep = pd.Series(req).isin(good).to_numpy()
+    dropped["impression_in_incomplete_slate"] += int((~keep).sum())
+    if not keep.any():
+        raise DataError(
+            "no complete logged slate to evaluate (impressions need request_id, a 0-based "
+            f"position, a propensity and context.x); dropped: {_nonzero(dropped)}"
+        )
+    codes, ids = pd.factorize(req[keep])
+    position = g["p"].to_numpy()[keep]
+    n_slates, len_list = int(codes.max()) + 1, int(position.max()) + 1
+    candidates = np.zeros((n_slates, len_list, d))
+    valid = np.zeros((n_slates, len_list), dtype=bool)
+    candidates[codes, position] = x[keep]
+    valid[codes, position] = True
+    kept = imps[keep]
+    return LoggedFeedback(
+        action=position.copy(),
+        position=position,
+        reward=kept["reward"].to_numpy(dtype=np.float64),
+        pscore=kept["propensity"].to_numpy(dtype=np.float64),
+        slate=codes.astype(np.int64),
+        candidates=candidates,
+        valid=valid,
+        len_list=len_list,
+        feature_names=FEATURE_NAMES,
+        groups=codes.astype(np.int64),
+        source="impression log",
+        dropped=_nonzero(dropped),
+        slate_ids=np.asarray(ids, dtype=object),
+    )
+
+
+def _nonzero(c: Counter[str]) -> dict[str, int]:
+    return {k: v for k, v in sorted(c.items()) if v}
+
+
+# --- Open Bandit Dataset ----------------------------------------------------------------------
+
+OBD_COLUMNS = ("item_id", "position", "click", "propensity_score")
+
+
+def read_obd(csv_path: Path) -> LoggedFeedback:
+    """An Open Bandit Dataset CSV (e.g. obp's `obd/random/all/all.csv`) as rounds.
+
+    As obp's loader does: action = item_id, position = dense rank of `position` - 1,
+    reward = click, pscore = propensity_score. Item features come from
+    `item_context.csv` beside it (numeric columns as is, others one-hot), plus a bias.
+    """
+    try:
+        df = pd.read_csv(csv_path, index_col=0)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {csv_path} as an OBD CSV: {exc}") from exc
+    missing = [c for c in OBD_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{csv_path} lacks OBD column(s) {missing}; is it an OBD log?")
+    action = df["item_id"].to_numpy(dtype=np.int64)
+    position = df["position"].rank(method="dense").to_numpy(dtype=np.int64) - 1
+    n_items = int(action.max()) + 1
+    features, names = _obd_item_features(csv_path.parent / "item_context.csv", n_items)
+    return LoggedFeedback(
+        action=action,
+        position=position,
+        reward=df["click"].to_numpy(dtype=np.float64),
+        pscore=df["propensity_score"].to_numpy(dtype=np.float64),
+        slate=np.zeros(len(df), dtype=np.int64),
+        candidates=features[None],
+        valid=np.ones((1, n_items), dtype=bool),
+        len_list=int(position.max()) + 1,
+        feature_names=names,
+        groups=None,
+        source="open bandit dataset",
+    )
+
+
+def _obd_item_features(path: Path, n_items: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    if not path.exists():
+        log.info("ope: no %s; items get a bias feature only", path)
+        return np.ones((n_items, 1)), ("bias",)
+    ctx = pd.read_csv(path, index_col=0).set_index("item_id").sort_index()
+    if len(ctx) != n_items or not (ctx.index == np.arange(n_items)).all():
+        raise DataError(f"{path} must describe items 0..{n_items - 1}, one row each")
+    cols: list[np.ndarray] = [np.ones(n_items)]
+    names = ["bias"]
+    for c in ctx.columns:
+        if pd.api.types.is_numeric_dtype(ctx[c]):
+            cols.append(ctx[c].to_numpy(dtype=np.float64))
+            names.append(str(c))
+        else:
+            for level in sorted(ctx[c].astype(str).unique()):
+                cols.append((ctx[c].astype(str) == level).to_numpy(dtype=np.float64))
+                names.append(f"{c}={level[:8]}")
+    return np.stack(cols, axis=1), tuple(names)
+
+
+# --- evaluation policies ----------------------------------------------------------------------
+
+
+class SlatePolicy(Protocol):
+    """A candidate policy as the estimators need it: its slot marginals per slate."""
+
+    @property
+    def spec(self) -> str: ...
+
+    def action_dist(self, fb: LoggedFeedback) -> np.ndarray:
+        """[S, m, len_list]: P(candidate a in slot k), a distribution over a for each k."""
+        ...
+
+
+@dataclass(frozen=True)
+class UniformPolicy:
+    """A uniformly random order of each slate (RandomPolicy's marginals: 1/m everywhere)."""
+
+    spec: str = "random"
+
+    def action_dist(self, fb: LoggedFeedback) -> np.ndarray:
+        share = fb.valid / fb.valid.sum(axis=1, keepdims=True)
+        return np.repeat(share[:, :, None], fb.len_list, axis=2)
+
+
+@dataclass(frozen=True)
+class LinearPolicy:
+    """Rank by x·w: top-k when temperature is 0, else Plackett-Luce on softmax(x·w / T).
+
+    Plackett-Luce marginals are estimated from `draws` seeded Gumbel-top-k samples (error
+    about sqrt(p / draws)); deterministic ranks are exact (ties keep the logged order).
+    """
+
+    weights: dict[str, float]
+    temperature: float = 0.0
+    draws: int = 2000
+    seed: int = 0
+    spec: str = "linear"
+
+    def scores(self, fb: LoggedFeedback) -> np.ndarray:
+        unknown = sorted(set(self.weights) - set(fb.feature_names))
+        if unknown:
+            raise DataError(
+                f"policy {self.spec!r} names unknown feature(s) {unknown}; "
+                f"this log has {', '.join(fb.feature_names)}"
+            )
+        w = np.array([self.weights.get(f, 0.0) for f in fb.feature_names])
+        s = fb.candidates @ w
+        return np.where(fb.valid, s, -np.inf)
+
+    def action_dist(self, fb: LoggedFeedback) -> np.ndarray:
+        s = self.scores(fb)
+        if self.temperature == 0:
+            return _rank_counts(np.argsort(-s, axis=1, kind="stable")[:, None, :], fb)
+        rng = np.random.default_rng(self.seed)
+        n_slates, m = s.shape
+        out = np.empty((n_slates, m, fb.len_list))
+        step = max(1, _MAX_DRAW_CELLS // (self.draws * m))
+        for lo in range(0, n_slates, step):
+            part = s[lo : lo + step, None, :] / self.temperature
+            noisy = part + rng.gumbel(size=(part.shape[0], self.draws, m))
+            order = np.argsort(-noisy, axis=2, kind="stable")
+            out[lo : lo + step] = _rank_counts(order, fb, lo)
+        return out
+
+
+def _rank_counts(order: np.ndarray, fb: LoggedFeedback, lo: int = 0) -> np.ndarray:
+    """Slot marginals from sampled orders [S', draws, m] (best first)."""
+    n_slates, draws, m = order.shape
+    k = fb.len_list
+    top = order[:, :, :k]
+    flat = (np.arange(n_slates)[:, None, None] * m + top) * k + np.arange(k)
+    counts = np.bincount(flat.ravel(), minlength=n_slates * m * k).reshape(n_slates, m, k)
+    dist = counts / draws
+    # A slot past a short slate's end holds padding; make it a point mass on item 0.
+    size = fb.valid[lo : lo + n_slates].sum(axis=1)
+    beyond = np.arange(k)[None, :] >= size[:, None]  # [S', k]
+    dist[np.broadcast_to(beyond[:, None, :], dist.shape)] = 0.0
+    dist[:, 0, :] = np.where(beyond, 1.0, dist[:, 0, :])
+    return np.asarray(dist)
+
+
+def parse_policy(spec: str) -> SlatePolicy:
+    """A policy from its command-line spec.
+
+    random                          uniform order of each slate (models.bandit RandomPolicy)
+    score:FEATURE                   by one feature, best first
+    linear:F=W,F=W[,temperature=T][,draws=N][,seed=S]
+                                    by Σ W·F; T > 0 samples Plackett-Luce
+    greedy:LEARNER.json             models.bandit GreedyPolicy over a CtrLearner with these
+                                    weights (the JSON of `CtrLearner.weights()`)
+    thompson:STATS.json[,exploration=0]
+                                    models.bandit ThompsonPolicy at exploration 0 (the
+                                    posterior mean) over `BanditStats.to_dict()` JSON
+    """
+    kind, _, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind in ("random", "uniform") and not rest:
+        return UniformPolicy(spec=spec)
+    if kind == "score" and rest:
+        return LinearPolicy({rest.strip(): 1.0}, spec=spec)
+    if kind == "linear" and rest:
+        weights: dict[str, float] = {}
+        opts: dict[str, float] = {}
+        for part in rest.split(","):
+            name, eq, value = part.partition("=")
+            num = _number(value, spec) if eq else None
+            if num is None:
+                raise DataError(f"policy {spec!r}: {part!r} is not NAME=NUMBER")
+            target = opts if name.strip() in ("temperature", "draws", "seed") else weights
+            target[name.strip()] = num
+        if opts.get("temperature", 0.0) < 0 or opts.get("draws", 1) < 1:
+            raise DataError(f"policy {spec!r}: temperature must be >= 0 and draws >= 1")
+        return LinearPolicy(
+            weights,
+            temperature=opts.get("temperature", 0.0),
+            draws=int(opts.get("draws", 2000)),
+            seed=int(opts.get("seed", 0)),
+            spec=spec,
+        )
+    if kind in ("greedy", "thompson") and rest:
+        path, *extra = rest.split(",")
+        return _bandit_policy(kind, Path(path), extra, spec)
+    raise DataError(
+        f"unknown policy spec {spec!r}; use random, score:FEATURE, linear:F=W,..., "
+        "greedy:LEARNER.json or thompson:STATS.json (see `streamrec evaluate-policy --help`)"
+    )
+
+
+def _number(text: str, spec: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"policy {spec!r}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"policy {spec!r}: {text!r} is not finite")
+    return value
+
+
+def _bandit_policy(kind: str, path: Path, extra: list[str], spec: str) -> BanditRankPolicy:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"policy {spec!r}: cannot read {path} as JSON: {exc}") from exc
+    if kind == "greedy":
+        if extra:
+            raise DataError(f"policy {spec!r}: greedy takes no options")
+        return BanditRankPolicy(GreedyPolicy(CtrLearner.from_weights(state)), spec)
+    exploration = 0.0
+    for part in extra:
+        name, _, value = part.partition("=")
+        if name.strip() != "exploration":
+            raise DataError(f"policy {spec!r}: unknown option {part!r}")
+        exploration = _number(value, spec)
+    if exploration != 0:
+        raise DataError(
+            f"policy {spec!r}: only exploration=0 can be evaluated from the log; Thompson's "
+            "CTR draws need each item's click and impression counts, which impressions do "
+            "not carry"
+        )
+    stats = BanditStats.from_dict(state)
+    return BanditRankPolicy(ThompsonPolicy(stats, exploration=0.0), spec)
+
+
+@dataclass(frozen=True)
+class BanditRankPolicy:
+    """A deterministic `models.bandit` policy, asked to `rank` each logged slate once.
+
+    Exactly what serving would do with those items (GreedyPolicy; ThompsonPolicy at
+    exploration 0). The items' click and impression counts are not in the log; neither
+    policy reads them when deterministic.
+    """
+
+    policy: Policy
+    spec: str
+
+    def action_dist(self, fb: LoggedFeedback) -> np.ndarray:
+        if fb.feature_names != FEATURE_NAMES:
+            raise DataError(
+                f"policy {self.spec!r} needs the bandit features {FEATURE_NAMES}; "
+                f"this log has {fb.feature_names}"
+            )
+        n_slates, m, _ = fb.candidates.shape
+        order = np.tile(np.arange(m), (n_slates, 1))
+        rng = np.random.default_rng(0)  # unused by deterministic policies; required by rank
+        for s in range(n_slates):
+            idx = np.flatnonzero(fb.valid[s])
+            zeros = np.zeros(idx.size)
+            cands = Candidates([str(i) for i in idx], fb.candidates[s, idx], zeros, zeros)
+            ranked = idx[self.policy.rank(cands, idx.size, rng).order]
+            order[s, : ranked.size] = ranked
+            order[s, ranked.size :] = np.flatnonzero(~fb.valid[s])
+        return _rank_counts(order[:, None, :], fb)
+
+
+# --- reward model -------------------------------------------------------------------------
+
+
+def design(candidates: np.ndarray, len_list: int) -> np.ndarray:
+    """Reward-model features of every (candidate, slot): [..., m, L, D + L]."""
+    *lead, m, d = candidates.shape
+    x = np.broadcast_to(candidates[..., :, None, :], (*lead, m, len_list, d))
+    slot = np.broadcast_to(np.eye(len_list), (*lead, m, len_list, len_list))
+    return np.concatenate([x, slot], axis=-1)
+
+
+def reward_table(
+    fb: LoggedFeedback, n_folds: int = 2, seed: int = 0, l2: float = 1.0
+) -> ope.PerSlate:
+    """q̂(candidate, slot) per slate from a logistic model of reward on x and the slot.
+
+    With `n_folds` > 1 the model is cross-fitted: rounds are split by group (request) and
+    each round's predictions come from the model fitted on the other folds, so DR's
+    correction is not fitted to its own noise.
+    """
+    if n_folds < 1:
+        raise DataError("n_folds must be at least 1")
+    codes, n_groups = ope.group_index(fb.groups, fb.n_rounds)
+    fold = np.random.default_rng(seed).permutation(n_groups)[codes] % n_folds
+    n_slates, m, _ = fb.candidates.shape
+    key = fold * n_slates + fb.slate  # one table per (fold, slate) that has rounds
+    uniq, index = np.unique(key, return_inverse=True)
+    slot = np.eye(fb.len_list)
+    rows = np.hstack([fb.candidates[fb.slate, fb.action], slot[fb.position]])
+    values = np.empty((uniq.shape[0], m, fb.len_list))
+    step = max(1, _MAX_DRAW_CELLS // (m * fb.len_list * rows.shape[1]))
+    for f in range(n_folds):
+        train = fold != f if n_folds > 1 else np.ones(fb.n_rounds, dtype=bool)
+        model = ope.LogisticRewardModel(l2=l2).fit(rows[train], fb.reward[train])
+        mine = np.flatnonzero(uniq // n_slates == f)
+        for lo in range(0, mine.size, step):  # features of every (candidate, slot), in chunks
+            part = mine[lo : lo + step]
+            values[part] = model.predict(design(fb.candidates[uniq[part] % n_slates], fb.len_list))
+    return ope.PerSlate(values, index.astype(np.int64))
+
+
+# --- one call for the CLI ---------------------------------------------------------------------
+
+
+def evaluate_policy(
+    fb: LoggedFeedback,
+    policy: SlatePolicy,
+    *,
+    estimators: Sequence[str] = ope.ESTIMATORS,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    n_folds: int = 2,
+) -> ope.OpeResult:
+    """Every estimator of `policy` on `fb`, with bootstrap intervals over requests."""
+    dist = ope.PerSlate(policy.action_dist(fb), fb.slate)
+    needs_model = any(e in ope.NEEDS_REWARD_MODEL for e in estimators)
+    q_hat = reward_table(fb, n_folds=n_folds, seed=seed) if needs_model else None
+    return ope.evaluate(
+        fb.action,
+        fb.position,
+        fb.reward,
+        fb.pscore,
+        dist,
+        q_hat,
+        estimators=estimators,
+        groups=fb.groups,
+        n_resamples=n_resamples,
+        confidence=confidence,
+        seed=seed,
+    )
+
+
+def read_log(path: Path, **kwargs: Any) -> LoggedFeedback:
+    """An OBD CSV file or an archive directory, by what `path` is."""
+    if path.is_file() and path.suffix == ".csv":
+        return read_obd(path)
+    if path.is_dir():
+        return read_impression_log(path, **kwargs)
+    raise DataError(f"--log {path}: expected an archive directory or an OBD .csv file")
