@@ -54,8 +54,12 @@ def _publish_random_model(settings: Settings, items: int) -> str:
     vocab.save(staged / "vocab.json")
     vecs = item_embeddings(model)[FIRST_ITEM:]
     rng = np.random.default_rng(0)
-    queries = vecs[rng.choice(len(vecs), 200, replace=False)] + rng.normal(0, 0.05, (200, vecs.shape[1]))
-    index = build_index(vecs, vocab.ids[FIRST_ITEM:], IndexConfig(), sample_queries=queries.astype(np.float32))
+    queries = vecs[rng.choice(len(vecs), 200, replace=False)] + rng.normal(
+        0, 0.05, (200, vecs.shape[1])
+    )
+    index = build_index(
+        vecs, vocab.ids[FIRST_ITEM:], IndexConfig(), sample_queries=queries.astype(np.float32)
+    )
     index.save(staged / "index")
     (staged / "meta.json").write_text(json.dumps({"recent_items": 50, "benchmark": True}))
     reg.commit(staged, {"recent_items": 50, "benchmark": "random-init weights"}, version)
@@ -85,9 +89,14 @@ def _write_features(settings: Settings, users: int, items: int) -> None:
         imps = int(rng.integers(1, 500))
         clicks = int(rng.integers(0, imps // 5 + 1))
         feats = {
-            "impressions_1h": imps // 10, "clicks_1h": clicks // 10, "purchases_1h": 0,
-            "impressions_24h": imps, "clicks_24h": clicks, "purchases_24h": clicks // 10,
-            "ctr_smoothed": (clicks + 1) / (imps + 20), "popularity_24h": imps + clicks,
+            "impressions_1h": imps // 10,
+            "clicks_1h": clicks // 10,
+            "purchases_1h": 0,
+            "impressions_24h": imps,
+            "clicks_24h": clicks,
+            "purchases_24h": clicks // 10,
+            "ctr_smoothed": (clicks + 1) / (imps + 20),
+            "popularity_24h": imps + clicks,
         }
         item_rows.append((f"i{j}", feats, now))
     writer.write(ITEM_VIEW, ITEM_KEY, item_rows)
@@ -95,8 +104,15 @@ def _write_features(settings: Settings, users: int, items: int) -> None:
     state = open_state(settings)
     state.write_board(
         [
-            BoardEntry(i, float(f["popularity_24h"]), float(f["ctr_smoothed"]),
-                       float(f["clicks_24h"]), float(f["impressions_24h"]), now, now)
+            BoardEntry(
+                i,
+                float(f["popularity_24h"]),
+                float(f["ctr_smoothed"]),
+                float(f["clicks_24h"]),
+                float(f["impressions_24h"]),
+                now,
+                now,
+            )
             for i, f, _ in item_rows
         ]
     )
@@ -162,8 +178,11 @@ def run_serve_bench(
         port = free_port()
         try:
             settings = load_settings(
-                data_dir=Path(tmp), kafka_bootstrap=broker.bootstrap, api_auth="off",
-                api_port=port, log_level="WARNING",
+                data_dir=Path(tmp),
+                kafka_bootstrap=broker.bootstrap,
+                api_auth="off",
+                api_port=port,
+                log_level="WARNING",
             )
             t0 = time.monotonic()
             version = _publish_random_model(settings, items)
@@ -171,8 +190,10 @@ def run_serve_bench(
             setup_s = time.monotonic() - t0
             env = settings_env(settings) | {"OMP_NUM_THREADS": "1"}
             proc = subprocess.Popen(
-                [sys.executable, "-m", "streamrec.cli", "serve", "--workers", str(workers)], env=env,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                [sys.executable, "-m", "streamrec.cli", "serve", "--workers", str(workers)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
             try:
                 _wait_ready(port, proc)

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streamrec.errors import StoreError
 
@@ -190,9 +190,9 @@ class RedisStateReader:
             raw = self._r.hgetall(f"{self._ns}:counters")
         except redis_mod.RedisError as exc:
             raise StoreError(f"Cannot read online state from Redis: {exc}") from exc
-        return {k.decode(): float(v) for k, v in raw.items()}
+        return {_text(k): float(v) for k, v in raw.items()}
 
-    def _entries(self, ids: list[bytes]) -> list[BoardEntry]:
+    def _entries(self, ids: list[Any]) -> list[BoardEntry]:
         if not ids:
             return []
         pipe = self._r.pipeline(transaction=False)
@@ -205,7 +205,7 @@ class RedisStateReader:
                 continue
             pop, ctr, clicks, imps, last = json.loads(blob)
             out.append(
-                BoardEntry(item.decode(), pop, ctr, clicks, imps, int(last), int(first or last))
+                BoardEntry(_text(item), pop, ctr, clicks, imps, int(last), int(first or last))
             )
         return out
 
@@ -213,7 +213,7 @@ class RedisStateReader:
         import redis as redis_mod
 
         try:
-            return self._entries(self._r.zrevrange(f"{self._ns}:{key}", 0, n - 1))
+            return self._entries(list(self._r.zrevrange(f"{self._ns}:{key}", 0, n - 1)))
         except redis_mod.RedisError as exc:
             raise StoreError(f"Cannot read the item board from Redis: {exc}") from exc
 
@@ -237,6 +237,10 @@ def open_state_reader(settings: Settings) -> OnlineStateReader:
         )
         return RedisStateReader(client, namespace(settings))
     return SqliteStateReader(state_db_path(settings))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def merge_entries(*lists: Iterable[BoardEntry]) -> list[BoardEntry]:

@@ -159,7 +159,7 @@ def _routes(app: FastAPI) -> None:
     ) -> Recommendations | JSONResponse:
         if k > services.settings.max_k:
             raise RequestError(f"k: at most {services.settings.max_k}", field="k")
-        context = {
+        context: dict[str, str | int | float | bool] = {
             name: value
             for name, value in (("device", device), ("page", page), ("surface", surface))
             if value is not None
@@ -219,8 +219,9 @@ def _routes(app: FastAPI) -> None:
                     max_future_skew_ms=s.max_future_skew_s * 1000,
                 )
             except InvalidEvent as exc:
-                results.append(EventResult(index=i, status="rejected", field=exc.field,
-                                           message=exc.reason))
+                results.append(
+                    EventResult(index=i, status="rejected", field=exc.field, message=exc.reason)
+                )
                 continue
             valid.append((i, ev))
             results.append(EventResult(index=i, status="accepted", event_id=ev.event_id))
@@ -229,8 +230,12 @@ def _routes(app: FastAPI) -> None:
             for i, ev in valid:
                 if services.ingest.offer([ev]):
                     dropped += 1
-                    results[i] = EventResult(index=i, status="dropped", event_id=ev.event_id,
-                                             message="Kafka buffer full; retry later")
+                    results[i] = EventResult(
+                        index=i,
+                        status="dropped",
+                        event_id=ev.event_id,
+                        message="Kafka buffer full; retry later",
+                    )
         rejected = sum(r.status == "rejected" for r in results)
         accepted = len(results) - rejected - dropped
         metrics.INGESTED.labels("accepted").inc(accepted)
@@ -275,7 +280,9 @@ def _routes(app: FastAPI) -> None:
     )
     async def reload(services: ServicesDep) -> ReloadResult:
         version, changed = await run_in_threadpool(services.reload)
-        return ReloadResult(model_version=version, changed=changed, error=services.models.last_error)
+        return ReloadResult(
+            model_version=version, changed=changed, error=services.models.last_error
+        )
 
 
 def _event_list(doc: Any) -> list[Any]:
@@ -287,7 +294,7 @@ def _event_list(doc: Any) -> list[Any]:
         return list(doc["events"])
     if isinstance(doc, dict):
         return [doc]
-    raise RequestError("body: an event object, a list of events or {\"events\": [...]}", "body")
+    raise RequestError('body: an event object, a list of events or {"events": [...]}', "body")
 
 
 def _events_body_schema() -> dict[str, Any]:

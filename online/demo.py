@@ -34,7 +34,13 @@ DEMO_WORLD = {"affinity": 6.0, "zipf": 0.5, "pop_weight": 0.1, "groups": 6}
 
 
 def run_full_demo(
-    settings: Settings, *, users: int, items: int, history: int, events: int, rate: float,
+    settings: Settings,
+    *,
+    users: int,
+    items: int,
+    history: int,
+    events: int,
+    rate: float,
     serve_s: float = 0.0,
 ) -> None:
     console = Console()
@@ -65,7 +71,9 @@ def run_full_demo(
         apply(s)
         proc = start_worker(s)
         stack.callback(stop_process, proc)
-        console.print(f"[bold]4.[/] feature repository applied; stream worker started (pid {proc.pid})")
+        console.print(
+            f"[bold]4.[/] feature repository applied; stream worker started (pid {proc.pid})"
+        )
         console.print(f"[bold]5.[/] streaming {events:,} live simulated events at {rate:.0f}/s")
         _, last_ts = run_simulation(
             s, users=users, items=items, events=events, rate=rate, seed=0, world=world
@@ -76,7 +84,9 @@ def run_full_demo(
         server = BackgroundServer(create_app(s), free_port()).start()
         stack.callback(server.stop)
         api = Api(server.url, s.api_keys.split(",")[0] if s.api_keys else None)
-        console.print(f"[bold]6.[/] API serving on {server.url} (OpenAPI docs at {server.url}/docs)")
+        console.print(
+            f"[bold]6.[/] API serving on {server.url} (OpenAPI docs at {server.url}/docs)"
+        )
         _shift(console, api, world)
         _reward(console, api, s)
         if serve_s > 0:
@@ -91,19 +101,33 @@ def _table(title: str, world: World, answer: dict[str, Any], group: int) -> Tabl
     items = [i["item_id"] for i in answer["items"]]
     for pos, (item, g) in enumerate(zip(answer["items"], group_of(world, items), strict=True)):
         mark = "[bold green]" if g == group else ""
-        t.add_row(str(pos), item["item_id"], f"{mark}{g}", f"{item['score']:.3f}",
-                  f"{item['propensity']:.2f}")
+        t.add_row(
+            str(pos),
+            item["item_id"],
+            f"{mark}{g}",
+            f"{item['score']:.3f}",
+            f"{item['propensity']:.2f}",
+        )
     return t
 
 
 def _shift(console: Console, api: Api, world: World) -> None:
     user, k = "demo-user", 10
     before = api.recommend(user, k=k)
-    shares = [group_share(world, [i["item_id"] for i in before["items"]], g)
-              for g in range(world.params.groups)]
+    shares = [
+        group_share(world, [i["item_id"] for i in before["items"]], g)
+        for g in range(world.params.groups)
+    ]
     group = int(np.argmin(shares))
-    console.print(_table(f"{user} before any click (cold start: trending + exploration, "
-                         f"policy {before['policy']})", world, before, group))
+    console.print(
+        _table(
+            f"{user} before any click (cold start: trending + exploration, "
+            f"policy {before['policy']})",
+            world,
+            before,
+            group,
+        )
+    )
     members = np.flatnonzero(world.item_group == group)
     clicked = [f"i{j}" for j in np.random.default_rng(0).choice(members, 6, replace=False)]
     api.click(user, clicked)
@@ -141,6 +165,10 @@ def _reward(console: Console, api: Api, s: Settings) -> None:
     for key in rows:
         console.print(f"    {key} = {counters[key]:.0f}")
     metrics = httpx.get(f"{api.url}/metrics").text
-    lines = [ln for ln in metrics.splitlines() if ln.startswith("streamrec_api_stage_seconds_count")]
-    console.print("    " + "; ".join(ln.split("{")[1].replace('"}', "").replace('stage="', "")
-                                    for ln in lines))
+    lines = [
+        ln for ln in metrics.splitlines() if ln.startswith("streamrec_api_stage_seconds_count")
+    ]
+    console.print(
+        "    "
+        + "; ".join(ln.split("{")[1].replace('"}', "").replace('stage="', "") for ln in lines)
+    )

@@ -17,7 +17,7 @@ from online.live import LiveState
 from online.outbox import Outbox
 from online.recommender import Recommender
 from online.snapshot import SnapshotHolder
-from streamrec.errors import ConfigError, StoreError
+from streamrec.errors import ConfigError
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,22 +28,6 @@ def auth_required(settings: Settings) -> bool:
     if settings.api_auth == "auto":
         return bool(settings.kafka_bootstrap or settings.redis_url)
     return settings.api_auth == "on"
-
-
-class _UnavailableReader:
-    """Stands in while the online store cannot be opened; every read says so."""
-
-    def __init__(self, why: str) -> None:
-        self._why = why
-
-    def users(self, ids: object) -> list[None]:
-        raise StoreError(self._why)
-
-    def items(self, ids: object) -> list[None]:
-        raise StoreError(self._why)
-
-    def close(self) -> None:
-        return None
 
 
 @dataclass
@@ -112,11 +96,7 @@ def build_services(settings: Settings, *, kafka: bool = True) -> Services:
             " (comma-separated) or, for a closed network only, STREAMREC_API_AUTH=off."
         )
     torch.set_num_threads(1)  # one request at a time per process; threads only add jitter
-    try:
-        features: OnlineReader = open_reader(settings)
-    except StoreError as exc:
-        log.warning("online store unavailable at start: %s", exc.message)
-        features = _UnavailableReader(exc.message)
+    features = open_reader(settings)  # connects lazily: a store that is down raises per read
     models = SnapshotHolder(Registry(settings.registry_dir))
     live = LiveState(open_state_reader(settings), settings.trending_items, settings.refresh_s)
     impressions = ingest = None

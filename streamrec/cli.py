@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from streamrec import cli_batch, cli_ope, cli_quality
+from streamrec import cli_batch, cli_online, cli_ope, cli_quality
 from streamrec.errors import StreamrecError
 from streamrec.settings import Settings, get_settings
 
@@ -32,6 +32,8 @@ app.command("retrain")(cli_batch.retrain)
 app.command("import")(cli_batch.import_)
 app.command("recommend")(cli_batch.recommend)
 app.command("evaluate-policy")(cli_ope.evaluate_policy)
+app.command("serve")(cli_online.serve)
+bench_app.command("serve")(cli_online.bench_serve)
 
 log = logging.getLogger("streamrec")
 
@@ -195,15 +197,37 @@ def features_show(
 
 @app.command()
 def demo(
-    events: Annotated[int, typer.Option(help="Simulated events to stream.")] = 20_000,
+    events: Annotated[int, typer.Option(help="Live simulated events to stream.")] = 20_000,
     rate: Annotated[float, typer.Option(help="Events per second.")] = 5000.0,
-    users: Annotated[int, typer.Option(help="Simulated users.")] = 500,
-    items: Annotated[int, typer.Option(help="Simulated items.")] = 300,
+    users: Annotated[int, typer.Option(help="Simulated users.")] = 2000,
+    items: Annotated[int, typer.Option(help="Simulated items.")] = 1000,
+    history: Annotated[int, typer.Option(help="Backdated events to train on.")] = 300_000,
+    serve: Annotated[float, typer.Option(help="Keep the API up this many seconds at the end.")] = 0,
+    stream_only: Annotated[
+        bool, typer.Option(help="Only broker + worker + stream + features (no model, no API).")
+    ] = False,
 ) -> None:
-    """The main job on the embedded default: broker + worker + simulated stream + features."""
-    from streams.demo import run_demo
+    """The main job on the embedded default, end to end.
 
-    run_demo(get_settings(), events=events, rate=rate, users=users, items=items)
+    simulate history → retrain and publish → broker + stream worker → live events → the
+    API → a user's clicks shift their recommendations → a click comes back as a reward.
+    """
+    if stream_only:
+        from streams.demo import run_demo
+
+        run_demo(get_settings(), events=events, rate=rate, users=users, items=items)
+        return
+    from online.demo import run_full_demo
+
+    run_full_demo(
+        get_settings(),
+        users=users,
+        items=items,
+        history=history,
+        events=events,
+        rate=rate,
+        serve_s=serve,
+    )
 
 
 @bench_app.command("ingest")

@@ -133,7 +133,7 @@ class RedisStreamState:
 
     def load_counters(self) -> dict[str, float]:
         raw = self._r.hgetall(self._k("counters"))
-        return {k.decode(): float(v) for k, v in raw.items()}
+        return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
 
     def write_board(self, entries: list[BoardEntry]) -> None:
         pipe = self._r.pipeline(transaction=False)
