@@ -44,7 +44,9 @@ def seed_history(settings: Settings, world: World, events: int, days: float) -> 
 
 
 def train_and_publish(settings: Settings, epochs: int = 8) -> RetrainResult:
-    return retrain(settings.archive_dir, Registry(settings.registry_dir), quick_retrain_config(epochs))
+    return retrain(
+        settings.archive_dir, Registry(settings.registry_dir), quick_retrain_config(epochs)
+    )
 
 
 def group_of(world: World, item_ids: Sequence[str]) -> np.ndarray:

@@ -105,7 +105,9 @@ def load_snapshot(registry: Registry, name: str | None = None) -> ModelSnapshot:
     vectors = item_embeddings(model)
     dense = model.item_dense.cpu().numpy().astype(np.float64)
     if dense.shape[1] != len(ITEM_DENSE_NAMES):
-        raise ArtifactError(f"{name}: item features {dense.shape[1]}, expected {len(ITEM_DENSE_NAMES)}")
+        raise ArtifactError(
+            f"{name}: item features {dense.shape[1]}, expected {len(ITEM_DENSE_NAMES)}"
+        )
     pop = np.expm1(dense[:, _POPULARITY])
     ids = vocab.ids
     if len(pop) == len(ids):

@@ -15,7 +15,9 @@ from streamrec.settings import get_settings
 
 
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (default STREAMREC_API_HOST).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default STREAMREC_API_HOST).")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Port (default STREAMREC_API_PORT).")] = None,
     workers: Annotated[
         int, typer.Option(min=1, help="Server processes; about one per core left to serving.")
@@ -55,7 +57,13 @@ def bench_serve(
     from benchmarks.serve import run_serve_bench
 
     result = run_serve_bench(
-        items=items, users=users, rate=rate, seconds=seconds, concurrency=concurrency, k=k, workers=workers
+        items=items,
+        users=users,
+        rate=rate,
+        seconds=seconds,
+        concurrency=concurrency,
+        k=k,
+        workers=workers,
     )
     if as_json:
         typer.echo(json.dumps(result))

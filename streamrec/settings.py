@@ -106,7 +106,9 @@ class Settings(BaseSettings):
     api_auth: Literal["auto", "on", "off"] = Field(
         "auto", description="Require API keys: auto = on unless running the embedded default."
     )
-    max_k: int = Field(100, ge=1, le=1000, description="Largest k a recommendation request may ask.")
+    max_k: int = Field(
+        100, ge=1, le=1000, description="Largest k a recommendation request may ask."
+    )
     max_batch_events: int = Field(
         1000, ge=1, le=100_000, description="Most events one POST /v1/events may carry."
     )
@@ -135,7 +137,9 @@ class Settings(BaseSettings):
         5.0, gt=0, description="How often serving checks the registry for a newly published model."
     )
     impression_buffer: int = Field(
-        100_000, ge=1, description="Impressions buffered while Kafka is slow or down; beyond: dropped."
+        100_000,
+        ge=1,
+        description="Impressions buffered while Kafka is slow or down; beyond: dropped.",
     )
 
     @property
