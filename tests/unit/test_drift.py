@@ -181,6 +181,15 @@ def test_the_trigger_fires_once_per_cooldown_per_version(tmp_path: Path) -> None
     assert calls == ["v1", "v2", "v2"]
     assert json.loads(state.read_text())["version"] == "v2"
 
+    def failing(r: DriftResult) -> str:
+        calls.append(r.version)
+        raise ArtifactError("disk full")
+
+    with pytest.raises(ArtifactError):
+        act(due("v3"), CFG, failing, state, T0 + 48 * H)
+    quiet = act(due("v3"), CFG, failing, state, T0 + 49 * H)  # a failed retrain is not hammered
+    assert calls[-1] == "v3" and len(calls) == 4 and not quiet.triggered
+
 
 def _publish_reference(root: Path, events: pd.DataFrame, cfg: DriftConfig) -> Registry:
     """A registry whose serving version holds only a drift reference (no model needed)."""
