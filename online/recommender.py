@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from models.bandit import FEATURE_NAMES, Candidates, Policy, make_policy
 from models.bandit_state import encode_x
 from models.data import FIRST_ITEM
 from online import metrics
+from online.experiments import ExperimentsConfig, active_experiments, route
 from online.live import LiveState, LiveView
 from online.outbox import Outbox
 from online.snapshot import ModelSnapshot, SnapshotHolder
@@ -79,8 +80,10 @@ class Recommender:
         features: OnlineReader,
         live: LiveState,
         impressions: Outbox | None,
+        experiments: ExperimentsConfig | None = None,
     ) -> None:
         self._s = settings
+        self._experiments = experiments or ExperimentsConfig()
         self._models = models
         self._features = features
         self._live = live
@@ -114,7 +117,18 @@ class Recommender:
         t0 = time.perf_counter()
         request_id = uuid.uuid4().hex
         now_ms = int(time.time() * 1000)
-        snap = self._models.current
+        running = active_experiments(self._experiments, now_ms)
+        if running:  # sticky variant: its overrides, and its name on every impression
+            routing = route(running, req.user_id)
+            req = replace(
+                req,
+                context={**req.context, **routing.context},
+                policy=req.policy or routing.policy,
+                exploration=req.exploration if req.exploration is not None else routing.exploration,
+            )
+            snap = self._models.get(routing.model)
+        else:
+            snap = self._models.current
         view = self._live.view
         try:
             user = self._features.users([req.user_id])[0]

@@ -13,6 +13,7 @@ from features.online_reader import OnlineReader, open_reader
 from features.online_state import open_state_reader
 from models.registry import Registry
 from online import metrics
+from online.experiments import ExperimentsConfig, load_experiments
 from online.live import LiveState
 from online.outbox import Outbox
 from online.recommender import Recommender
@@ -39,6 +40,7 @@ class Services:
     recommender: Recommender
     impressions: Outbox | None
     ingest: Outbox | None
+    experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
     keys: tuple[str, ...] = ()
     auth: bool = False
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -52,6 +54,12 @@ class Services:
     def start(self) -> None:
         self.live.start()
         self.reload()
+        pinned = sorted(
+            {v.model for e in self.experiments.experiments for v in e.variants if v.model}
+        )
+        if pinned:
+            self.models.pin(pinned)
+            log.info("experiment variants serve pinned model versions %s", pinned)
         self._watcher = threading.Thread(target=self._watch, name="model-watch", daemon=True)
         self._watcher.start()
 
@@ -104,5 +112,8 @@ def build_services(settings: Settings, *, kafka: bool = True) -> Services:
         bootstrap, topic = settings.bootstrap, settings.events_topic
         impressions = Outbox("impression", bootstrap, topic, settings.impression_buffer)
         ingest = Outbox("ingest", bootstrap, topic, settings.impression_buffer)
-    recommender = Recommender(settings, models, features, live, impressions)
-    return Services(settings, models, features, live, recommender, impressions, ingest, keys, auth)
+    experiments = load_experiments(settings.experiments_file)
+    recommender = Recommender(settings, models, features, live, impressions, experiments)
+    return Services(
+        settings, models, features, live, recommender, impressions, ingest, experiments, keys, auth
+    )

@@ -138,8 +138,22 @@ class SnapshotHolder:
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
         self._snapshot: ModelSnapshot | None = None
+        self._pinned: dict[str, ModelSnapshot] = {}  # versions experiments serve
         self._lock = threading.Lock()  # one load at a time; readers never take it
         self.last_error: str | None = None
+
+    def pin(self, names: list[str]) -> None:
+        """Load versions that experiment variants serve (kept beside the current one)."""
+        with self._lock:
+            for name in names:
+                if name not in self._pinned:
+                    self._pinned[name] = load_snapshot(self._registry, name)
+
+    def get(self, name: str | None) -> ModelSnapshot | None:
+        """A pinned version by name; the current snapshot for None or an unpinned name."""
+        if name is not None and name in self._pinned:
+            return self._pinned[name]
+        return self._snapshot
 
     @property
     def current(self) -> ModelSnapshot | None:

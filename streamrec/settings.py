@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     reload_poll_s: float = Field(
         5.0, gt=0, description="How often serving checks the registry for a newly published model."
     )
+    experiments_file: Path | None = Field(
+        None, description="A/B experiments TOML; unset = online/experiments.toml (none running)."
+    )
     impression_buffer: int = Field(
         100_000,
         ge=1,

@@ -1,4 +1,5 @@
-"""Degrade, don't fail: Redis stopped, broker stopped, model swapped under load.
+"""The API under faults and experiments: Redis stopped, broker stopped, model swapped
+under load, A/B variants routed.
 
 Each test runs the real API (uvicorn in a thread) over a real published model, and stops
 a real dependency (its own redis-server, its own tansu broker) underneath it.
@@ -20,7 +21,10 @@ from offline.retrain import retrain
 from online.app import create_app
 from online.loop import quick_retrain_config, seed_history
 from online.server import BackgroundServer
+from online.experiments import assign
+from online.recommender import RecRequest
 from online.services import build_services
+from streamrec.events import Event
 from streamrec.settings import Settings, load_settings
 from streamrec.simulation import World, WorldParams
 from streams.broker import EmbeddedBroker, free_port, stop_process
@@ -163,3 +167,59 @@ def test_model_swap_under_load_fails_no_request(data_dir: Path) -> None:
     assert statuses == Counter({200: total}), statuses
     assert degraded == 0
     assert len(versions) == 2  # both versions answered, nothing else
+
+
+class _CapturedImpressions:
+    """Collects what the recommender would send to Kafka (Kafka itself: test_serving_loop)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def offer(self, events: list[Event]) -> int:
+        self.events.extend(events)
+        return 0
+
+    def close(self) -> None:
+        return None
+
+
+def test_experiment_variants_are_sticky_and_logged(data_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "experiments.toml"
+    config.write_text(
+        """
+[[experiments]]
+name = "rerank"
+salt = "s1"
+[[experiments.variants]]
+name = "A"
+share = 0.5
+policy = "greedy"
+[[experiments.variants]]
+name = "B"
+share = 0.5
+policy = "random"
+"""
+    )
+    settings = load_settings(data_dir=data_dir, api_auth="off", experiments_file=config)
+    services = build_services(settings, kafka=False)
+    captured = _CapturedImpressions()
+    services.recommender._impressions = captured  # type: ignore[assignment]
+    services.start()
+    try:
+        experiment = services.experiments.get("rerank")
+        seen: dict[str, set[str]] = {}
+        for n in range(60):
+            user = f"u{n % 20}"
+            answer = services.recommender.recommend(RecRequest(user, 5))
+            want = assign(experiment, user)
+            assert answer.policy == want.policy and not answer.degraded
+            seen.setdefault(user, set()).add(answer.policy)
+        assert all(len(p) == 1 for p in seen.values())  # sticky
+        assert {p for ps in seen.values() for p in ps} == {"greedy", "random"}
+        for ev in captured.events:
+            assert ev.context["experiment"] == "rerank"
+            assert ev.context["variant"] == assign(experiment, ev.user_id).name
+            assert ev.context["policy"] in ("greedy", "random")
+        assert len(captured.events) == 60 * 5
+    finally:
+        services.stop()
