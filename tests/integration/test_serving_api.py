@@ -19,10 +19,10 @@ from features.repo import apply
 from models.registry import Registry
 from offline.retrain import retrain
 from online.app import create_app
-from online.loop import quick_retrain_config, seed_history
-from online.server import BackgroundServer
 from online.experiments import assign
+from online.loop import quick_retrain_config, seed_history
 from online.recommender import RecRequest
+from online.server import BackgroundServer
 from online.services import build_services
 from streamrec.events import Event
 from streamrec.settings import Settings, load_settings
