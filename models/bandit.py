@@ -36,6 +36,16 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 D = len(FEATURE_NAMES)
 CTR = FEATURE_NAMES.index("ctr")
+Ridge = float | np.ndarray  # prior precision: one for every weight, or one per feature
+
+# The prior serving starts from (before any reward has been joined): rank by retrieval
+# score and affinity, a CTR weight that lets clicks count, and the rest near 0. Per-feature
+# precisions keep each weight's prior spread small next to its feature's range (popularity
+# is log1p counts, up to ~10; CTR ~0.05), so early exploration perturbs the retrieval
+# order instead of replacing it. The data overrides both within a few thousand rewards.
+SERVING_PRIOR_MEAN = np.array([0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.5])
+SERVING_PRIOR_SD = np.array([0.05, 0.1, 0.5, 0.01, 0.05, 0.05, 0.1])
+SERVING_RIDGE = 1.0 / SERVING_PRIOR_SD**2
 # Beta prior on an item's CTR (mean 5 %, worth 20 impressions): Thompson's draws and the
 # "ctr" feature (`ctr_posterior_mean`) must agree on it.
 CTR_PRIOR_MEAN = 0.05
@@ -183,33 +193,41 @@ class BanditStats:
             raise DataError(f"bandit stats 'A' and 'b' must be numeric arrays: {exc}") from exc
         return cls(A, b, counts["n"], counts["clicks"])
 
-    def posterior(self, ridge: float = 1.0, noise: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior (mean, cov) of theta under the prior N(0, I/ridge) and Gaussian reward
-        noise of sd `noise` (0.25: a click reward's sd at a CTR of about 7 %)."""
-        mean, cov, _ = self._sampler(ridge, noise)
+    def posterior(
+        self, ridge: Ridge = 1.0, noise: float = 0.25, prior_mean: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior (mean, cov) of theta under the prior N(prior_mean, diag(1/ridge)) and
+        Gaussian reward noise of sd `noise` (0.25: a click reward's sd at a CTR of ~7 %).
+        `ridge` is one prior precision for every weight or one per feature."""
+        mean, cov, _ = self._sampler(ridge, noise, prior_mean)
         return mean.copy(), cov.copy()
 
-    def _sampler(self, ridge: float, noise: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Mean, cov and cov's Cholesky factor, recomputed only when A or b changed."""
+    def _sampler(
+        self, ridge: Ridge, noise: float, prior_mean: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean, cov and cov's Cholesky factor, recomputed only when an input changed."""
+        r = np.broadcast_to(np.asarray(ridge, dtype=np.float64), (D,))
+        m0 = np.zeros(D) if prior_mean is None else np.asarray(prior_mean, dtype=np.float64)
         c = self._cache
         if (
             c is not None
-            and c[2] == ridge
+            and np.array_equal(c[2], r)
             and c[3] == noise
+            and np.array_equal(c[7], m0)
             and np.array_equal(c[0], self.A)
             and np.array_equal(c[1], self.b)
         ):
             return c[4], c[5], c[6]
-        if not (ridge > 0 and noise > 0):
-            raise ConfigError(f"ridge and noise must be > 0; got ridge={ridge}, noise={noise}.")
+        if not (bool((r > 0).all()) and noise > 0 and m0.shape == (D,)):
+            raise ConfigError(f"ridge and noise must be > 0 and prior_mean [{D}]; got {ridge}.")
         if not (np.isfinite(self.A).all() and np.isfinite(self.b).all()):
             raise DataError("bandit stats hold non-finite values; rebuild them from the log.")
-        precision = ridge * np.eye(D) + self.A / noise**2
+        precision = np.diag(r) + self.A / noise**2
         cov = np.linalg.inv(precision)
         cov = (cov + cov.T) / 2
-        mean = cov @ self.b / noise**2
+        mean = cov @ (r * m0 + self.b / noise**2)
         chol = np.linalg.cholesky(cov)
-        self._cache = (self.A.copy(), self.b.copy(), ridge, noise, mean, cov, chol)
+        self._cache = (self.A.copy(), self.b.copy(), r.copy(), noise, mean, cov, chol, m0.copy())
         return mean, cov, chol
 
 
@@ -289,18 +307,21 @@ class ThompsonPolicy:
         stats: BanditStats,
         exploration: float = 1.0,
         samples: int = 128,
-        ridge: float = 1.0,
+        ridge: Ridge = 1.0,
         noise: float = 0.25,
         ctr_prior_mean: float = CTR_PRIOR_MEAN,
         ctr_prior_strength: float = CTR_PRIOR_STRENGTH,
         shortlist: bool = True,
+        prior_mean: np.ndarray | None = None,
     ) -> None:
         if not (math.isfinite(exploration) and exploration >= 0):
             raise ConfigError(f"exploration must be finite and >= 0; got {exploration}.")
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
             raise ConfigError(f"samples must be an integer >= 1; got {samples!r}.")
-        if not (ridge > 0 and noise > 0 and 0 < ctr_prior_mean < 1 and ctr_prior_strength > 0):
+        ridge_ok = bool((np.asarray(ridge, dtype=np.float64) > 0).all())
+        if not (ridge_ok and noise > 0 and 0 < ctr_prior_mean < 1 and ctr_prior_strength > 0):
             raise ConfigError("need ridge > 0, noise > 0, 0 < ctr_prior_mean < 1, strength > 0.")
+        self.prior_mean = prior_mean
         self.exploration = exploration
         self.samples = samples
         self.ridge = ridge
@@ -312,7 +333,7 @@ class ThompsonPolicy:
 
     def rank(self, cands: Candidates, k: int, rng: np.random.Generator) -> Slate:
         kk = _slate_size(cands, k)
-        mean, _, chol = self._stats._sampler(self.ridge, self.noise)
+        mean, _, chol = self._stats._sampler(self.ridge, self.noise, self.prior_mean)
         if kk == 0:
             return _empty_slate()
         if self.exploration == 0:
@@ -414,6 +435,8 @@ def make_policy(
     *,
     ctr_prior_mean: float = CTR_PRIOR_MEAN,
     ctr_prior_strength: float = CTR_PRIOR_STRENGTH,
+    ridge: Ridge = 1.0,
+    prior_mean: np.ndarray | None = None,
 ) -> Policy:
     """The policy named in settings (`bandit_policy`), over the live stats or learner.
     Pass settings' `ctr_prior` and `ctr_prior_strength` so Thompson's CTR draws use the
@@ -427,6 +450,8 @@ def make_policy(
             samples=samples,
             ctr_prior_mean=ctr_prior_mean,
             ctr_prior_strength=ctr_prior_strength,
+            ridge=ridge,
+            prior_mean=prior_mean,
         )
     if name == "greedy":
         if learner is None:

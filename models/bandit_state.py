@@ -109,8 +109,7 @@ class BanditDelta:
         self.touched = True
         if x is not None:
             # The impression already added x xᵀ; a reward of 1 adds x to b and a click.
-            self._stats.b += x
-            self._stats.clicks += 1
+            self._stats.add_reward(x)
             self._learner.learn(x, True)
 
     def counters(self) -> dict[str, float]:

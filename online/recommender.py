@@ -19,7 +19,14 @@ import numpy as np
 
 from features.aggregates import USER_FEATURES
 from features.online_reader import OnlineReader
-from models.bandit import FEATURE_NAMES, Candidates, Policy, make_policy
+from models.bandit import (
+    FEATURE_NAMES,
+    SERVING_PRIOR_MEAN,
+    SERVING_RIDGE,
+    Candidates,
+    Policy,
+    make_policy,
+)
 from models.bandit_state import encode_x
 from models.data import FIRST_ITEM
 from online import metrics
@@ -107,6 +114,10 @@ class Recommender:
                 view.bandit.learner,
                 exploration,
                 self._s.propensity_samples,
+                ctr_prior_mean=self._s.ctr_prior,
+                ctr_prior_strength=self._s.ctr_prior_strength,
+                ridge=SERVING_RIDGE,
+                prior_mean=SERVING_PRIOR_MEAN,
             )
             self._policies[key] = policy
         return policy

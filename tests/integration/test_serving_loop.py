@@ -21,6 +21,7 @@ from features.online_reader import open_reader
 from features.online_state import SqliteStateReader, state_db_path
 from features.repo import apply
 from online.app import create_app
+from online.demo import DEMO_WORLD
 from online.loop import Api, group_share, seed_history, train_and_publish, wait_for_shift
 from online.server import BackgroundServer
 from streamrec.settings import Settings, load_settings
@@ -57,7 +58,7 @@ def loop(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
         candidates=100,
         refresh_s=0.2,
     )
-    world = World(WorldParams(users=500, items=400, seed=11))
+    world = World(WorldParams(users=500, items=400, seed=11, **DEMO_WORLD))  # type: ignore[arg-type]
     seed_history(settings, world, 150_000, days=2)
     result = train_and_publish(settings, epochs=8)
     assert result.published
@@ -70,6 +71,8 @@ def loop(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
             yield Loop(settings, world, api)
     finally:
         stop_process(worker, 10)
+        if worker.stderr is not None:
+            worker.stderr.close()
 
 
 def _wait_until_worker_joined(settings: Settings, api: Api, timeout_s: float = 30) -> None:
