@@ -14,6 +14,7 @@ request's *scheduled* send time, so a stalled server cannot hide queueing delay
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import uvloop  # the client's event loop: libuv costs the shared cores less than asyncio's
 
 from streamrec.settings import Settings, load_settings
 
@@ -128,15 +130,15 @@ async def _client(
     lat: list[float] = []
     errors = degraded = 0
     total = int(rate * seconds)
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.05
+    clock = time.perf_counter  # libuv's loop.time() has only millisecond resolution
+    start = clock() + 0.05
     rng = np.random.default_rng(2)
     user_ids = rng.integers(0, users, total)
 
     async def one(i: int) -> None:
         nonlocal errors, degraded
         scheduled = start + i / rate
-        delay = scheduled - loop.time()
+        delay = scheduled - clock()
         if delay > 0:
             await asyncio.sleep(delay)
         reader, writer = await conns.get()
@@ -150,7 +152,7 @@ async def _client(
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
             body = await reader.readexactly(length)
-            lat.append(loop.time() - scheduled)
+            lat.append(clock() - scheduled)
             if status != 200:
                 errors += 1
             elif b'"degraded":true' in body:
@@ -197,13 +199,18 @@ def run_serve_bench(
             )
             try:
                 _wait_ready(port, proc)
+                # The set-up left torch, FAISS and Feast in this process: keep the
+                # collector from walking them mid-measurement (client-side pauses).
+                gc.collect()
+                gc.freeze()
                 # warm-up: let the allocator, FAISS and the JIT-free paths settle
-                asyncio.run(_client("127.0.0.1", port, users, rate, 2.0, concurrency, k))
+                uvloop.run(_client("127.0.0.1", port, users, rate, 2.0, concurrency, k))
                 started = time.monotonic()
-                lat, errors, degraded, total = asyncio.run(
+                lat, errors, degraded, total = uvloop.run(
                     _client("127.0.0.1", port, users, rate, seconds, concurrency, k)
                 )
                 wall = time.monotonic() - started
+                server = _server_stages(port)
             finally:
                 stop_process(proc, 10)
         finally:
@@ -222,10 +229,33 @@ def run_serve_bench(
         "max_ms": round(float(ms.max()), 3),
         "error_rate": round(errors / max(total, 1), 6),
         "degraded_rate": round(degraded / max(total, 1), 6),
+        "server_mean_ms": server,
         "model": f"{version} (random-init weights; latency only)",
         "setup_s": round(setup_s, 1),
         "cpus": os.cpu_count(),
     }
+
+
+def _server_stages(port: int) -> dict[str, float]:
+    """Mean time per request stage inside one server process (from its /metrics)."""
+    import httpx
+
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    buckets: list[tuple[float, float]] = []
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line.startswith('streamrec_api_stage_seconds_bucket{le="') and 'stage="total"' in line:
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+        if line.startswith("streamrec_api_stage_seconds_sum"):
+            sums[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("streamrec_api_stage_seconds_count"):
+            counts[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
+    out = {k: round(1000 * sums[k] / counts[k], 3) for k in sums if counts.get(k)}
+    if buckets and buckets[-1][1]:  # upper bucket bound holding the 99th percentile
+        total = buckets[-1][1]
+        out["total_p99_le"] = next(le * 1000 for le, c in sorted(buckets) if c >= 0.99 * total)
+    return out
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:

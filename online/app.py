@@ -11,6 +11,7 @@ bad field; nothing ever answers with a stack trace.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -84,6 +85,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         svc = app.state.services = services or build_services(settings or get_settings())
         if owned:
             await run_in_threadpool(svc.start)
+        # Everything loaded so far (torch, FAISS, the model) lives for the whole process:
+        # move it out of the collector's sight so a full GC pass does not stall requests.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -37,10 +37,16 @@ def empty_view() -> LiveView:
 
 
 class LiveState:
-    def __init__(self, reader: OnlineStateReader, board_size: int, refresh_s: float) -> None:
+    def __init__(
+        self, reader: OnlineStateReader, board_size: int, refresh_s: float, board_every: int = 5
+    ) -> None:
         self._reader = reader
         self._board_size = board_size
         self._refresh_s = refresh_s
+        # The board (thousands of rows) changes slowly and costs the request thread GIL
+        # time to read: refresh it every `board_every` refreshes, the bandit every time.
+        self._board_every = board_every
+        self._round = 0
         self._view = empty_view()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -52,17 +58,24 @@ class LiveState:
 
     def refresh(self) -> bool:
         """Read the store once; keep the last good view on failure. Returns success."""
+        old = self._view
+        board = self._round % self._board_every == 0 or not old.refreshed_at
+        self._round += 1
         try:
             bandit = BanditState.from_counters(self._reader.counters())
-            hot = self._reader.hottest(self._board_size)
-            new = self._reader.newest(max(self._board_size // 5, 1))
+            if board:
+                hot = self._reader.hottest(self._board_size)
+                new = self._reader.newest(max(self._board_size // 5, 1))
         except StoreError as exc:
             if self.last_error is None:
                 log.warning("online state unavailable, keeping the last view: %s", exc.message)
             self.last_error = exc.message
             return False
-        by_id = {e.item_id: e for e in merge_entries(hot, new)}
-        self._view = LiveView(bandit, tuple(hot), tuple(new), by_id, time.time())
+        if board:
+            by_id = {e.item_id: e for e in merge_entries(hot, new)}
+            self._view = LiveView(bandit, tuple(hot), tuple(new), by_id, time.time())
+        else:
+            self._view = LiveView(bandit, old.hot, old.new, old.by_id, time.time())
         self.last_error = None
         for policy, reward in bandit.rewards.items():
             metrics.POLICY_CTR.labels(policy).set(reward.ctr)

@@ -28,7 +28,7 @@ DEGRADED = Counter(
 OUTBOX = Counter(
     "streamrec_api_outbox_events_total",
     "Events serving sends to Kafka (impressions, HTTP ingest), by fate.",
-    ["kind", "fate"],  # kind: impression | ingest; fate: queued | delivered | dropped
+    ["kind", "fate"],  # kind: impression | ingest; fate: queued | dropped (buffer full, timeout)
 )
 INGESTED = Counter(
     "streamrec_api_ingested_events_total",

@@ -26,12 +26,12 @@ class Outbox:
     ) -> None:
         self._topic = topic
         self._queued = metrics.OUTBOX.labels(kind, "queued")
-        self._delivered = metrics.OUTBOX.labels(kind, "delivered")
         self._dropped = metrics.OUTBOX.labels(kind, "dropped")
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
-                "linger.ms": 5,
+                "linger.ms": 20,  # ~100-event batches at 5k impressions/s: fewer wake-ups
+                "delivery.report.only.error": True,  # report failures only: no per-event callback
                 "compression.type": "lz4",
                 "queue.buffering.max.messages": buffer,
                 "message.timeout.ms": timeout_ms,
@@ -42,21 +42,18 @@ class Outbox:
                 "log_level": 3,  # errors only: a down broker would otherwise log every retry
             }
         )
-        self.delivered = 0
         self.dropped = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="outbox", daemon=True)
         self._thread.start()
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is None:
-            self.delivered += 1
-            self._delivered.inc()
-        else:
-            self.dropped += 1
-            self._dropped.inc()
-            if self.dropped == 1 or self.dropped % 10_000 == 0:
-                log.error("event not delivered (%d dropped so far): %s", self.dropped, err)
+        if err is None:  # not reported with delivery.report.only.error; kept for safety
+            return
+        self.dropped += 1
+        self._dropped.inc()
+        if self.dropped == 1 or self.dropped % 10_000 == 0:
+            log.error("event not delivered (%d dropped so far): %s", self.dropped, err)
 
     def _poll(self) -> None:
         while not self._stop.is_set():

@@ -163,7 +163,9 @@ class Recommender:
                 columns = {f: np.asarray([user[f] or 0], dtype=np.int64) for f in _NUMERIC_USER}
                 vec = snap.user_vector(req.user_id, recent, columns, now_ms)
                 t = _timed("user_tower", t)
-                hits = snap.index.search(vec[None, :], n, exclude=[skip])[0]
+                # Over-fetch and filter here: cheaper than the index's per-query exclusion.
+                fetched = snap.index.search(vec[None, :], n + len(skip))[0]
+                hits = [h for h in fetched if h[0] not in skip][:n]
                 t = _timed("retrieve", t)
         except Exception:  # a broken model must not fail the request
             log.exception("model path failed for %s; answering from popularity", snap.version)

@@ -7,6 +7,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+import faiss
 import torch
 
 from features.online_reader import OnlineReader, open_reader
@@ -103,7 +104,10 @@ def build_services(settings: Settings, *, kafka: bool = True) -> Services:
             "API keys are required outside the embedded default: set STREAMREC_API_KEYS"
             " (comma-separated) or, for a closed network only, STREAMREC_API_AUTH=off."
         )
-    torch.set_num_threads(1)  # one request at a time per process; threads only add jitter
+    # One request at a time per process: intra-op threads only add jitter (and FAISS's
+    # OpenMP threads would fight the other server processes for the same cores).
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     features = open_reader(settings)  # connects lazily: a store that is down raises per read
     models = SnapshotHolder(Registry(settings.registry_dir))
     live = LiveState(open_state_reader(settings), settings.trending_items, settings.refresh_s)

@@ -22,7 +22,7 @@ import torch
 
 from features.vectors import ITEM_DENSE_NAMES, user_dense
 from index.item_index import ItemIndex
-from models.data import FIRST_ITEM, ItemVocab, hash_ids
+from models.data import FIRST_ITEM, PAD, ItemVocab, hash_ids
 from models.embed import item_embeddings
 from models.io import load_model
 from models.registry import Registry
@@ -36,6 +36,34 @@ _CTR = ITEM_DENSE_NAMES.index("ctr_smoothed")
 _CLICKS = ITEM_DENSE_NAMES.index("log1p_clicks_24h")
 _IMPRESSIONS = ITEM_DENSE_NAMES.index("log1p_impressions_24h")
 _FALLBACK_ITEMS = 1000
+
+
+class NumpyUserTower:
+    """The user tower as a few numpy ops: torch's per-op dispatch costs more than the math
+    at batch size 1. `tests/unit/test_serving_snapshot.py` holds it to `TwoTower.user_vectors`.
+    """
+
+    def __init__(self, model: TwoTower) -> None:
+        self._user = model.user_emb.detach().cpu().numpy()
+        self._item = model.item_emb.detach().cpu().numpy()
+        self._layers: list[tuple[np.ndarray, np.ndarray]] = [
+            (m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy())
+            for m in model.user_mlp
+            if isinstance(m, torch.nn.Linear)
+        ]
+
+    def __call__(self, bucket: int, seq: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        """float32 [D] for one user: bucket row, mean of non-padding seq rows, features."""
+        items = seq[seq != PAD]
+        pooled = self._item[items].mean(axis=0) if len(items) else np.zeros(self._item.shape[1])
+        h = np.concatenate([self._user[bucket], pooled, dense]).astype(np.float32)
+        last = len(self._layers) - 1
+        for i, (w, b) in enumerate(self._layers):
+            h = h @ w + b
+            if i < last:
+                np.maximum(h, 0.0, out=h)
+        norm = float(np.linalg.norm(h))
+        return (h / max(norm, 1e-12)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -54,21 +82,16 @@ class ModelSnapshot:
     item_popularity: np.ndarray
     item_clicks: np.ndarray
     item_impressions: np.ndarray
+    user_tower: NumpyUserTower
 
     def user_vector(
         self, user_id: str, recent_items: Sequence[str], columns: dict[str, np.ndarray], now_ms: int
     ) -> np.ndarray:
         """float32 [D]: the user tower on the user's live features (same transform as training)."""
-        seq = np.zeros((1, self.recent_items), dtype=np.int64)
-        codes = self.vocab.lookup(list(recent_items[: self.recent_items]))
-        seq[0, : len(codes)] = codes
-        dense = user_dense(columns, now_ms)
-        bucket = hash_ids([user_id], int(self.model.config.user_buckets))
-        with torch.inference_mode():
-            vec = self.model.user_vectors(
-                torch.from_numpy(bucket), torch.from_numpy(seq), torch.from_numpy(dense)
-            )
-        return vec[0].numpy()
+        seq = self.vocab.lookup(list(recent_items[: self.recent_items]))
+        dense = user_dense(columns, now_ms)[0]
+        bucket = int(hash_ids([user_id], int(self.model.config.user_buckets))[0])
+        return self.user_tower(bucket, seq, dense)
 
     def affinity(self, item_ids: Sequence[str], recent_items: Sequence[str]) -> np.ndarray:
         """Cosine of each item with the mean of the user's last three items (0 if unknown)."""
@@ -129,6 +152,7 @@ def load_snapshot(registry: Registry, name: str | None = None) -> ModelSnapshot:
         item_popularity=pop,
         item_clicks=np.expm1(dense[:, _CLICKS]),
         item_impressions=np.expm1(dense[:, _IMPRESSIONS]),
+        user_tower=NumpyUserTower(model),
     )
 
 

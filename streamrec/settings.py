@@ -116,7 +116,7 @@ class Settings(BaseSettings):
         100, ge=1, le=5000, description="Candidates retrieved from the index before reranking."
     )
     trending_items: int = Field(
-        5000, ge=1, description="Hot items whose live stats serving refreshes (plus a fifth new)."
+        1000, ge=1, description="Hot items whose live stats serving refreshes (plus a fifth new)."
     )
     bandit_policy: Literal["thompson", "greedy", "random"] = Field(
         "thompson", description="Default reranking policy."
@@ -125,7 +125,7 @@ class Settings(BaseSettings):
         1.0, ge=0, le=10, description="Thompson posterior scale; 0 = always the posterior mean."
     )
     propensity_samples: int = Field(
-        128, ge=1, le=10_000, description="Posterior draws used to compute logged propensities."
+        32, ge=1, le=10_000, description="Posterior draws per request for logged propensities."
     )
     attribution_window_s: int = Field(
         1800, ge=1, description="A click joins its impression if it comes within this window."
