@@ -61,15 +61,18 @@ class Outbox:
 
     def offer(self, events: Iterable[Event]) -> int:
         """Queue events (keyed by user); returns how many were dropped because it is full."""
-        dropped = 0
-        for ev in events:
+        return self.offer_encoded((ev.to_bytes(), ev.user_id.encode()) for ev in events)
+
+    def offer_encoded(self, messages: Iterable[tuple[bytes, bytes]]) -> int:
+        """Queue already-encoded (value, key) pairs; returns how many were dropped."""
+        dropped = queued = 0
+        for value, key in messages:
             try:
-                self._producer.produce(
-                    self._topic, ev.to_bytes(), ev.user_id.encode(), on_delivery=self._on_delivery
-                )
-                self._queued.inc()
+                self._producer.produce(self._topic, value, key, on_delivery=self._on_delivery)
+                queued += 1
             except BufferError:
                 dropped += 1
+        self._queued.inc(queued)
         if dropped:
             self.dropped += dropped
             self._dropped.inc(dropped)

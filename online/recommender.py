@@ -9,6 +9,7 @@ dependency: no model, or an online store that is down, gives a popularity answer
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -35,7 +36,7 @@ from online.live import LiveState, LiveView
 from online.outbox import Outbox
 from online.snapshot import ModelSnapshot, SnapshotHolder
 from streamrec.errors import StoreError
-from streamrec.events import Event
+from streamrec.events import format_ts
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -275,26 +276,25 @@ class Recommender:
     ) -> None:
         if self._impressions is None or not items:
             return
-        base: dict[str, str | int | float | bool] = dict(req.context)
-        base["policy"] = policy
+        # The wire form of contract v1, written directly: one json.dumps per shown item.
+        ctx: dict[str, str | int | float | bool] = dict(req.context)
+        ctx["policy"] = policy
         if version:
-            base["model"] = version
-        events = []
+            ctx["model"] = version
+        head = {"event_type": "impression", "user_id": req.user_id, "ts": format_ts(now_ms)}
+        key = req.user_id.encode()
+        messages = []
         for pos, item in enumerate(items):
-            ctx = dict(base)
             if x is not None:
                 ctx["x"] = encode_x(x[pos])
-            events.append(
-                Event(
-                    event_id=f"{request_id}-{pos}",
-                    event_type="impression",
-                    user_id=req.user_id,
-                    item_id=item.item_id,
-                    ts_ms=now_ms,
-                    request_id=request_id,
-                    position=pos,
-                    propensity=item.propensity,
-                    context=ctx,
-                )
-            )
-        self._impressions.offer(events)
+            wire = {
+                "event_id": f"{request_id}-{pos}",
+                **head,
+                "item_id": item.item_id,
+                "request_id": request_id,
+                "position": pos,
+                "propensity": item.propensity,
+                "context": ctx,
+            }
+            messages.append((json.dumps(wire, separators=(",", ":")).encode(), key))
+        self._impressions.offer_encoded(messages)

@@ -24,7 +24,7 @@ from online.loop import quick_retrain_config, seed_history
 from online.recommender import RecRequest
 from online.server import BackgroundServer
 from online.services import build_services
-from streamrec.events import Event
+from streamrec.events import Event, parse_event
 from streamrec.settings import Settings, load_settings
 from streamrec.simulation import World, WorldParams
 from streams.broker import EmbeddedBroker, free_port, stop_process
@@ -175,8 +175,12 @@ class _CapturedImpressions:
     def __init__(self) -> None:
         self.events: list[Event] = []
 
-    def offer(self, events: list[Event]) -> int:
-        self.events.extend(events)
+    def offer_encoded(self, messages: list[tuple[bytes, bytes]]) -> int:
+        # The stream workers' own validator: impressions must pass contract v1 as sent.
+        for value, key in messages:
+            ev = parse_event(value)
+            assert key == ev.user_id.encode()
+            self.events.append(ev)
         return 0
 
     def close(self) -> None:
