@@ -13,7 +13,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -153,6 +152,7 @@ class Recommender:
         if user and user.get("last_seen_ms"):
             metrics.FEATURE_AGE.observe(max(now_ms - int(user["last_seen_ms"]), 0) / 1000)
         seen = set(recent) if req.exclude_seen else set()
+        anchor = snap.anchor(recent)
         skip = seen | self.blocked
         n = self._s.candidates
         try:
@@ -163,9 +163,10 @@ class Recommender:
             else:
                 columns = {f: np.asarray([user[f] or 0], dtype=np.int64) for f in _NUMERIC_USER}
                 vec = snap.user_vector(req.user_id, recent, columns, now_ms)
+                query = snap.query(vec, anchor)
                 t = _timed("user_tower", t)
                 # Over-fetch and filter here: cheaper than the index's per-query exclusion.
-                fetched = snap.index.search(vec[None, :], n + len(skip))[0]
+                fetched = snap.index.search(query[None, :], n + len(skip))[0]
                 hits = [h for h in fetched if h[0] not in skip][:n]
                 t = _timed("retrieve", t)
         except Exception:  # a broken model must not fail the request
@@ -178,7 +179,7 @@ class Recommender:
             if item not in have and item not in skip:
                 ids.append(item)
                 scores.append(0.0)
-        cands = self._candidates(ids, np.asarray(scores), recent, snap, view, now_ms)
+        cands = self._candidates(ids, np.asarray(scores), anchor, snap, view, now_ms)
         name = req.policy or self._s.bandit_policy
         exploration = self._s.exploration if req.exploration is None else req.exploration
         rng = np.random.default_rng(int(request_id[:16], 16))
@@ -206,7 +207,7 @@ class Recommender:
         self,
         ids: list[str],
         scores: np.ndarray,
-        recent: Sequence[str],
+        anchor: np.ndarray | None,
         snap: ModelSnapshot,
         view: LiveView,
         now_ms: int,
@@ -235,7 +236,7 @@ class Recommender:
         age_h = np.where(first > 0, np.maximum(now_ms - first, 0) / 3_600_000, np.inf)
         x[:, _COL["freshness"]] = np.exp(-age_h / 24.0)
         x[:, _COL["in_model"]] = known
-        x[:, _COL["affinity"]] = snap.affinity(ids, recent)
+        x[:, _COL["affinity"]] = snap.affinity(ids, anchor)
         return Candidates(item_ids=ids, x=x, clicks=clicks, impressions=imps)
 
     # --- fallback and logging ------------------------------------------------------------

@@ -93,20 +93,36 @@ class ModelSnapshot:
         bucket = int(hash_ids([user_id], int(self.model.config.user_buckets))[0])
         return self.user_tower(bucket, seq, dense)
 
-    def affinity(self, item_ids: Sequence[str], recent_items: Sequence[str]) -> np.ndarray:
-        """Cosine of each item with the mean of the user's last three items (0 if unknown)."""
-        out = np.zeros(len(item_ids), dtype=np.float64)
+    def anchor(self, recent_items: Sequence[str]) -> np.ndarray | None:
+        """Unit mean vector of the user's last three known items ("what they just did")."""
         recent = self.vocab.lookup(list(recent_items[:3]))
         recent = recent[recent >= FIRST_ITEM]
-        if not len(recent) or not len(item_ids):
-            return out
-        anchor = self.item_vectors[recent].mean(axis=0)
-        norm = float(np.linalg.norm(anchor))
-        if norm == 0.0:
+        if not len(recent):
+            return None
+        mean = self.item_vectors[recent].mean(axis=0)
+        norm = float(np.linalg.norm(mean))
+        return None if norm == 0.0 else (mean / norm).astype(np.float32)
+
+    def query(self, user_vec: np.ndarray, anchor: np.ndarray | None) -> np.ndarray:
+        """The retrieval query: the user tower's vector pulled toward the latest items.
+
+        The tower pools the whole recent sequence; blending in the last few items keeps
+        candidates responsive to what the user did a second ago.
+        """
+        if anchor is None:
+            return user_vec
+        q = user_vec + anchor
+        norm = float(np.linalg.norm(q))
+        return user_vec if norm == 0.0 else (q / norm).astype(np.float32)
+
+    def affinity(self, item_ids: Sequence[str], anchor: np.ndarray | None) -> np.ndarray:
+        """Cosine of each item with the user's anchor (0 for no anchor or unknown items)."""
+        out = np.zeros(len(item_ids), dtype=np.float64)
+        if anchor is None or not len(item_ids):
             return out
         codes = self.vocab.lookup(list(item_ids))
         known = codes >= FIRST_ITEM
-        out[known] = self.item_vectors[codes[known]] @ (anchor / norm)
+        out[known] = self.item_vectors[codes[known]] @ anchor
         return out
 
     def codes(self, item_ids: Sequence[str]) -> np.ndarray:

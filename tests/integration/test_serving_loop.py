@@ -107,7 +107,7 @@ def test_recommendations_shift_toward_clicked_group_within_a_second(loop: Loop) 
         assert not set(clicked) & set(after), "clicked items must be excluded as seen"
         shifts.append(share_after - share_before)
         waits.append(waited)
-    assert min(shifts) >= 0.4, f"group share moved by {shifts}"
+    assert min(shifts) >= 0.4, f"group share moved by {shifts} (waits {waits})"
     assert max(waits) <= 1.0, f"took {waits} s after the clicks"
 
 
