@@ -52,6 +52,7 @@ from models.bandit import (
     Policy,
     ThompsonPolicy,
 )
+from models.bandit_state import decode_x
 from offline import ope
 from streamrec.errors import DataError
 
@@ -176,7 +177,7 @@ def _parse_context(
         if where and not all(str(ctx.get(k)) == v for k, v in where.items()):
             match[i] = False
             continue
-        x = _decode_x(ctx.get("x"), d)
+        x = decode_x(ctx.get("x"))
         if x is None:
             dropped["impression_without_valid_x"] += 1
         elif p is None or not (isinstance(p, float) and 0 < p <= 1):
@@ -202,19 +203,6 @@ def _json_object(raw: Any) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _decode_x(text: Any, d: int) -> np.ndarray | None:
-    if not isinstance(text, str):
-        return None
-    parts = text.split(",")
-    if len(parts) != d:
-        return None
-    try:
-        values = [float(v) for v in parts]
-    except ValueError:
-        return None
-    return np.asarray(values) if all(math.isfinite(v) for v in values) else None
 
 
 def _slates(imps: pd.DataFrame, x: np.ndarray, d: int, dropped: Counter[str]) -> LoggedFeedback:

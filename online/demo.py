@@ -25,8 +25,8 @@ from online.loop import Api, group_of, group_share, seed_history, train_and_publ
 from online.server import BackgroundServer
 from streamrec.settings import Settings
 from streamrec.simulation import World, WorldParams
-from streams.broker import EmbeddedBroker, free_port, stop_process
-from streams.demo import start_worker, wait_for_features
+from streams.broker import free_port, stop_process
+from streams.demo import start_worker, wait_for_features, with_embedded_broker
 from streams.simulate import run_simulation
 
 # A world whose tastes dominate its popularity skew, so a small model learns them fast.
@@ -48,13 +48,7 @@ def run_full_demo(
     shutil.rmtree(root, ignore_errors=True)
     world = World(WorldParams(users=users, items=items, seed=0, **DEMO_WORLD))  # type: ignore[arg-type]
     with ExitStack() as stack:
-        updates: dict[str, object] = {"data_dir": root, "refresh_s": 0.25}
-        if settings.kafka_bootstrap is None:
-            b = EmbeddedBroker(free_port(), log_path=None).start()
-            stack.callback(b.stop)
-            updates["embedded_broker_port"] = b.port
-            console.print(f"[bold]1.[/] embedded Kafka-protocol broker (tansu) on {b.bootstrap}")
-        s = settings.model_copy(update=updates)
+        s = with_embedded_broker(stack, settings, console, data_dir=root, refresh_s=0.25)
 
         console.print(f"[bold]2.[/] {history:,} events of simulated history → offline archive")
         seed_history(s, world, history, days=3)

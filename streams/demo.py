@@ -59,18 +59,27 @@ def wait_for_features(settings: Settings, expected: dict[str, int], timeout_s: f
         time.sleep(0.05)
 
 
+def with_embedded_broker(
+    stack: ExitStack, settings: Settings, console: Console, **updates: object
+) -> Settings:
+    """Settings with `updates`, on a fresh embedded broker unless Kafka is configured.
+
+    The broker stops when `stack` closes.
+    """
+    if settings.kafka_bootstrap is None:
+        b = EmbeddedBroker(free_port(), log_path=None).start()
+        stack.callback(b.stop)
+        updates["embedded_broker_port"] = b.port
+        console.print(f"[bold]1.[/] embedded Kafka-protocol broker (tansu) on {b.bootstrap}")
+    return settings.model_copy(update=updates)
+
+
 def run_demo(settings: Settings, *, events: int, rate: float, users: int, items: int) -> None:
     console = Console()
     root = settings.data_dir / "demo"
     shutil.rmtree(root, ignore_errors=True)
     with ExitStack() as stack:
-        updates: dict[str, object] = {"data_dir": root}
-        if settings.kafka_bootstrap is None:
-            b = EmbeddedBroker(free_port(), log_path=None).start()
-            stack.callback(b.stop)
-            updates["embedded_broker_port"] = b.port
-            console.print(f"[bold]1.[/] embedded broker (tansu) on {b.bootstrap}")
-        s = settings.model_copy(update=updates)
+        s = with_embedded_broker(stack, settings, console, data_dir=root)
         apply(s)
         console.print(
             f"[bold]2.[/] feature repository applied at {s.feature_repo_dir} "
