@@ -125,8 +125,7 @@ def _shift(console: Console, api: Api, world: World) -> None:
     members = np.flatnonzero(world.item_group == group)
     clicked = [f"i{j}" for j in np.random.default_rng(0).choice(members, 6, replace=False)]
     api.click(user, clicked)
-    waited, share, _ = wait_for_shift(api, world, user, group, shares[group], 0.3, k)
-    after = api.recommend(user, k=k)
+    waited, share, after = wait_for_shift(api, world, user, group, shares[group], 0.3, k)
     console.print(
         f"[bold]7.[/] {user} clicked {len(clicked)} items of latent group {group}: "
         f"{' '.join(clicked)}"

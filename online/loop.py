@@ -107,16 +107,16 @@ def wait_for_shift(
     margin: float,
     k: int,
     timeout_s: float = 5.0,
-) -> tuple[float, float, list[str]]:
+) -> tuple[float, float, dict[str, Any]]:
     """Poll recommendations until the group's share rises by `margin`.
 
-    Returns (seconds waited, share reached, the items of the last answer).
+    Returns (seconds waited, share reached, the last answer).
     """
     started = time.monotonic()
     while True:
-        items = [i["item_id"] for i in api.recommend(user, k=k)["items"]]
-        share = group_share(world, items, group)
+        answer = api.recommend(user, k=k)
+        share = group_share(world, [i["item_id"] for i in answer["items"]], group)
         waited = time.monotonic() - started
         if share >= before + margin or waited > timeout_s:
-            return waited, share, items
+            return waited, share, answer
         time.sleep(0.02)

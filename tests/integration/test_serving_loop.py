@@ -101,9 +101,10 @@ def test_recommendations_shift_toward_clicked_group_within_a_second(loop: Loop) 
         members = np.flatnonzero(world.item_group == group)
         clicked = [f"i{j}" for j in rng.choice(members, size=6, replace=False)]
         api.click(user, clicked)
-        waited, share_after, after = wait_for_shift(
+        waited, share_after, answer = wait_for_shift(
             api, world, user, group, share_before, margin=0.4, k=k, timeout_s=3
         )
+        after = [i["item_id"] for i in answer["items"]]
         assert not set(clicked) & set(after), "clicked items must be excluded as seen"
         shifts.append(share_after - share_before)
         waits.append(waited)
