@@ -7,6 +7,7 @@ a real dependency (its own redis-server, its own tansu broker) underneath it.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections import Counter
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from features.online_state import BoardEntry, state_db_path
 from features.repo import apply
 from models.registry import Registry
 from offline.retrain import retrain
@@ -29,6 +31,7 @@ from streamrec.settings import Settings, load_settings
 from streamrec.simulation import World, WorldParams
 from streams.broker import EmbeddedBroker, free_port, stop_process
 from streams.local_redis import start_redis_server
+from streams.state_sqlite import SqliteStreamState
 from tests.conftest import _missing
 
 pytestmark = pytest.mark.integration
@@ -225,5 +228,34 @@ policy = "random"
             assert ev.context["variant"] == assign(experiment, ev.user_id).name
             assert ev.context["policy"] in ("greedy", "random")
         assert len(captured.events) == 60 * 5
+    finally:
+        services.stop()
+
+
+def test_cold_users_get_trending_items_and_new_items_win_exploration_slots(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    settings = load_settings(data_dir=tmp_path / "d", api_auth="off", refresh_s=3600)
+    shutil.copytree(data_dir / "registry", settings.registry_dir)
+    shutil.copytree(data_dir / "feature_repo", settings.feature_repo_dir)
+    now = int(time.time() * 1000)
+    day_ago = now - 86_400_000
+    hot = [BoardEntry(f"i{j}", 1000.0 - j, 0.05, 5.0, 100.0, now, day_ago) for j in range(30)]
+    new = BoardEntry("brand-new-item", 1.0, 0.05, 0.0, 0.0, now, now)  # unknown to the model
+    state = SqliteStreamState(state_db_path(settings))
+    state.write_board([*hot, new])
+    state.close()
+    services = build_services(settings, kafka=False)
+    services.start()
+    try:
+        trending = {e.item_id for e in hot}
+        shown_new = 0
+        for n in range(200):
+            answer = services.recommender.recommend(RecRequest(f"cold-{n}", 10))
+            items = [i.item_id for i in answer.items]
+            assert not answer.degraded and answer.policy == "thompson"
+            assert set(items) <= trending | {"brand-new-item"}
+            shown_new += "brand-new-item" in items
+        assert 0 < shown_new < 200  # explored, not always forced in
     finally:
         services.stop()
