@@ -38,13 +38,14 @@ D = len(FEATURE_NAMES)
 CTR = FEATURE_NAMES.index("ctr")
 Ridge = float | np.ndarray  # prior precision: one for every weight, or one per feature
 
-# The prior serving starts from (before any reward has been joined): rank by retrieval
-# score and affinity, a CTR weight that lets clicks count, and the rest near 0. Per-feature
-# precisions keep each weight's prior spread small next to its feature's range (popularity
-# is log1p counts, up to ~10; CTR ~0.05), so early exploration perturbs the retrieval
-# order instead of replacing it. The data overrides both within a few thousand rewards.
-SERVING_PRIOR_MEAN = np.array([0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.5])
-SERVING_PRIOR_SD = np.array([0.05, 0.1, 0.5, 0.01, 0.05, 0.05, 0.1])
+# The prior serving starts from. Serving passes the retrieval model's opinion as each
+# candidate's `base` score, so theta learns *corrections* in reward (CTR) units: it starts
+# at 0 except for the item-CTR weight (1: an item's CTR counts as itself), with per-feature
+# spreads small next to each feature's range (popularity is log1p counts, up to ~10), so
+# early exploration perturbs the retrieval order instead of replacing it, and a stretch of
+# unclicked impressions shrinks the corrections, never the base ranking.
+SERVING_PRIOR_MEAN = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+SERVING_PRIOR_SD = np.array([0.05, 0.05, 0.5, 0.005, 0.02, 0.02, 0.05])
 SERVING_RIDGE = 1.0 / SERVING_PRIOR_SD**2
 # Beta prior on an item's CTR (mean 5 %, worth 20 impressions): Thompson's draws and the
 # "ctr" feature (`ctr_posterior_mean`) must agree on it.
@@ -65,12 +66,20 @@ class Candidates:
     x: np.ndarray  # float64 [n, D], columns FEATURE_NAMES; "ctr" holds the posterior mean
     clicks: np.ndarray  # float64 [n], item clicks in the recent window
     impressions: np.ndarray  # float64 [n], item impressions in the same window
+    # float64 [n] or None: a fixed prior score per item (in reward units) that every
+    # policy but random adds to its own, so the bandit learns corrections on top of it
+    # (serving: the retrieval model's opinion) and zero-reward traffic cannot erase it.
+    base: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.item_ids)
         x = _float_array(self.x, "x")
         clicks = _float_array(self.clicks, "clicks")
         impressions = _float_array(self.impressions, "impressions")
+        base = np.zeros(n) if self.base is None else _float_array(self.base, "base")
+        if base.shape != (n,):
+            raise DataError(f"base needs shape ({n},), one per item id.")
+        object.__setattr__(self, "base", base)
         if x.shape != (n, D):
             raise DataError(f"x has shape {x.shape}; expected ({n}, {D}) for {n} item ids.")
         if clicks.shape != (n,) or impressions.shape != (n,):
@@ -83,6 +92,11 @@ class Candidates:
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """`base` as an array (zeros when none was given)."""
+        return np.zeros(len(self.item_ids)) if self.base is None else self.base
 
 
 @dataclass(frozen=True)
@@ -337,16 +351,16 @@ class ThompsonPolicy:
         if kk == 0:
             return _empty_slate()
         if self.exploration == 0:
-            return _deterministic(cands.x @ mean, kk)
+            return _deterministic(cands.x @ mean + cands.offsets, kk)
         a, b = _beta_params(
             cands.clicks, cands.impressions, self.ctr_prior_mean, self.ctr_prior_strength
         )
-        keep = self._shortlist(cands.x, a, b, mean, chol, kk)
+        keep = self._shortlist(cands.x, a, b, mean, chol, kk, cands.offsets)
         W = cands.x[keep].copy()
         W[:, CTR] = 0.0
         theta = mean + self.exploration * rng.standard_normal((self.samples, D)) @ chol.T
         ctr = rng.beta(a[keep], b[keep], size=(self.samples, keep.size))
-        scores = theta @ W.T + ctr * theta[:, CTR, None]  # [samples, shortlist]
+        scores = theta @ W.T + ctr * theta[:, CTR, None] + cands.offsets[keep]
         # Row 0 is the draw acted on. Its j-th item is "at position j" in row s when its
         # score there equals row s's j-th best (a partition by value is much cheaper than
         # sorting indices, and row 0 matches itself exactly, so propensity >= 1/samples).
@@ -363,6 +377,7 @@ class ThompsonPolicy:
         mean: np.ndarray,
         chol: np.ndarray,
         kk: int,
+        base: np.ndarray | None = None,
     ) -> np.ndarray:
         """Indices (ascending) of the items that can plausibly reach the top kk.
 
@@ -384,7 +399,7 @@ class ThompsonPolicy:
         loss = t_pos * down + t_neg * up
         z = x.copy()
         z[:, CTR] = m
-        mu = z @ mean
+        mu = z @ mean + (0.0 if base is None else base)
         z -= z[np.argpartition(-mu, kk - 1)[:kk]].mean(axis=0)
         spread = np.square(_Z * self.exploration * (z @ chol)).sum(axis=1)
         upper = mu + np.sqrt(spread + gain**2)
@@ -405,7 +420,7 @@ class GreedyPolicy:
         kk = _slate_size(cands, k)
         if kk == 0:
             return _empty_slate()
-        return _deterministic(self._learner.predict(cands.x), kk)
+        return _deterministic(self._learner.predict(cands.x) + cands.offsets, kk)
 
 
 class RandomPolicy:

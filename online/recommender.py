@@ -237,7 +237,9 @@ class Recommender:
         x[:, _COL["freshness"]] = np.exp(-age_h / 24.0)
         x[:, _COL["in_model"]] = known
         x[:, _COL["affinity"]] = snap.affinity(ids, anchor)
-        return Candidates(item_ids=ids, x=x, clicks=clicks, impressions=imps)
+        # The retrieval model's opinion is the base score; the bandit learns corrections.
+        base = self._s.retrieval_weight * (x[:, _COL["retrieval_score"]] + x[:, _COL["affinity"]])
+        return Candidates(item_ids=ids, x=x, clicks=clicks, impressions=imps, base=base)
 
     # --- fallback and logging ------------------------------------------------------------
 

@@ -36,6 +36,9 @@ _CTR = ITEM_DENSE_NAMES.index("ctr_smoothed")
 _CLICKS = ITEM_DENSE_NAMES.index("log1p_clicks_24h")
 _IMPRESSIONS = ITEM_DENSE_NAMES.index("log1p_impressions_24h")
 _FALLBACK_ITEMS = 1000
+# How strongly retrieval leans on the user's last items versus the whole-history tower
+# (both unit vectors): 2 lets a burst of clicks redirect candidates within one request.
+ANCHOR_WEIGHT = 2.0
 
 
 class NumpyUserTower:
@@ -111,7 +114,7 @@ class ModelSnapshot:
         """
         if anchor is None:
             return user_vec
-        q = user_vec + anchor
+        q = user_vec + ANCHOR_WEIGHT * anchor
         norm = float(np.linalg.norm(q))
         return user_vec if norm == 0.0 else (q / norm).astype(np.float32)
 

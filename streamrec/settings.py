@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     exploration: float = Field(
         1.0, ge=0, le=10, description="Thompson posterior scale; 0 = always the posterior mean."
     )
+    retrieval_weight: float = Field(
+        0.1,
+        ge=0,
+        le=10,
+        description="Rerank base score per unit of retrieval score + affinity, in CTR units.",
+    )
     propensity_samples: int = Field(
         32, ge=1, le=10_000, description="Posterior draws per request for logged propensities."
     )

