@@ -78,9 +78,6 @@ class Outbox:
             self._dropped.inc(dropped)
         return dropped
 
-    def pending(self) -> int:
-        return len(self._producer)
-
     def close(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         self._thread.join(timeout=2)

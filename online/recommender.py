@@ -95,19 +95,27 @@ class Recommender:
         self._features = features
         self._live = live
         self._impressions = impressions
-        self._policies: dict[tuple[int, str, float], Policy] = {}
-        self._new_cache: tuple[tuple[int, str], list[str]] | None = None
+        # Per live view (its parameters): policies built and new items found. Holding the
+        # view itself (not its id(), which a later object may reuse) keys the caches.
+        self._cached_view: LiveView | None = None
+        self._policies: dict[tuple[str, float], Policy] = {}
+        self._new_items_of: dict[str, list[str]] = {}  # model version -> unknown new items
         self.blocked: frozenset[str] = frozenset()
 
     # --- policies ----------------------------------------------------------------------
 
+    def _for_view(self, view: LiveView) -> None:
+        if view is not self._cached_view:
+            self._cached_view = view
+            self._policies = {}
+            self._new_items_of = {}
+
     def _policy(self, view: LiveView, name: str, exploration: float) -> Policy:
         """Policies are rebuilt only when the live view (its parameters) changes."""
-        key = (id(view), name, exploration)
+        self._for_view(view)
+        key = (name, exploration)
         policy = self._policies.get(key)
         if policy is None:
-            if len(self._policies) > 64:
-                self._policies.clear()
             policy = make_policy(
                 name,  # type: ignore[arg-type]  # validated at the API edge
                 view.bandit.stats,
@@ -196,12 +204,14 @@ class Recommender:
 
     def _new_items(self, view: LiveView, snap: ModelSnapshot) -> list[str]:
         """Items the stream saw recently that the serving model does not know (cached)."""
-        key = (id(view), snap.version)
-        if self._new_cache is None or self._new_cache[0] != key:
+        self._for_view(view)
+        found = self._new_items_of.get(snap.version)
+        if found is None:
             ids = [e.item_id for e in view.new]
             codes = snap.codes(ids) if ids else np.zeros(0, dtype=np.int64)
-            self._new_cache = (key, [i for i, c in zip(ids, codes, strict=True) if c < FIRST_ITEM])
-        return self._new_cache[1]
+            found = [i for i, c in zip(ids, codes, strict=True) if c < FIRST_ITEM]
+            self._new_items_of[snap.version] = found
+        return found
 
     def _candidates(
         self,
@@ -236,7 +246,7 @@ class Recommender:
         age_h = np.where(first > 0, np.maximum(now_ms - first, 0) / 3_600_000, np.inf)
         x[:, _COL["freshness"]] = np.exp(-age_h / 24.0)
         x[:, _COL["in_model"]] = known
-        x[:, _COL["affinity"]] = snap.affinity(ids, anchor)
+        x[:, _COL["affinity"]] = snap.affinity(codes, anchor)
         # The retrieval model's opinion is the base score; the bandit learns corrections.
         base = self._s.retrieval_weight * (x[:, _COL["retrieval_score"]] + x[:, _COL["affinity"]])
         return Candidates(item_ids=ids, x=x, clicks=clicks, impressions=imps, base=base)

@@ -56,10 +56,6 @@ class EventIn(BaseModel):
     context: dict[str, str | int | float | bool] | None = Field(None, max_length=16)
 
 
-class EventBatch(BaseModel):
-    events: list[EventIn]
-
-
 class ErrorDetail(BaseModel):
     code: str
     message: str

@@ -118,12 +118,12 @@ class ModelSnapshot:
         norm = float(np.linalg.norm(q))
         return user_vec if norm == 0.0 else (q / norm).astype(np.float32)
 
-    def affinity(self, item_ids: Sequence[str], anchor: np.ndarray | None) -> np.ndarray:
-        """Cosine of each item with the user's anchor (0 for no anchor or unknown items)."""
-        out = np.zeros(len(item_ids), dtype=np.float64)
-        if anchor is None or not len(item_ids):
+    def affinity(self, codes: np.ndarray, anchor: np.ndarray | None) -> np.ndarray:
+        """Cosine of each item (by vocabulary index, see `codes`) with the user's anchor;
+        0 for no anchor or items unknown to this model."""
+        out = np.zeros(len(codes), dtype=np.float64)
+        if anchor is None or not len(codes):
             return out
-        codes = self.vocab.lookup(list(item_ids))
         known = codes >= FIRST_ITEM
         out[known] = self.item_vectors[codes[known]] @ anchor
         return out

@@ -33,7 +33,6 @@ app.command("import")(cli_batch.import_)
 app.command("recommend")(cli_batch.recommend)
 app.command("evaluate-policy")(cli_ope.evaluate_policy)
 app.command("serve")(cli_online.serve)
-bench_app.command("serve")(cli_online.bench_serve)
 
 log = logging.getLogger("streamrec")
 
@@ -272,6 +271,32 @@ def bench_index(
     from benchmarks.index import run_index_bench
 
     _print_result(run_index_bench(items=items, dim=dim, queries=queries), as_json)
+
+
+@bench_app.command("serve")
+def bench_serve(
+    items: Annotated[int, typer.Option(help="Catalogue size of the benchmark model.")] = 100_000,
+    users: Annotated[int, typer.Option(help="Users with live features.")] = 10_000,
+    rate: Annotated[float, typer.Option(help="Requests per second offered (open loop).")] = 500,
+    seconds: Annotated[float, typer.Option(help="How long to offer load.")] = 20,
+    concurrency: Annotated[int, typer.Option(help="Client connections.")] = 32,
+    k: Annotated[int, typer.Option(help="Items per request.")] = 10,
+    workers: Annotated[int, typer.Option(min=1, help="API server processes.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Offer a fixed request rate to a live API server and report latency and errors."""
+    from benchmarks.serve import run_serve_bench
+
+    result = run_serve_bench(
+        items=items,
+        users=users,
+        rate=rate,
+        seconds=seconds,
+        concurrency=concurrency,
+        k=k,
+        workers=workers,
+    )
+    _print_result(result, as_json)
 
 
 def _print_result(result: dict[str, object], as_json: bool) -> None:
