@@ -42,9 +42,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from features.aggregates import HOUR_MS, WINDOW_HOURS, AggregateConfig
-from features.timeline import UserTimeline, item_snapshot
-from features.vectors import ITEM_DENSE_NAMES, USER_DENSE_NAMES, item_dense, user_dense
+from features.aggregates import HOUR_MS
+from offline.drift_features import LOOKBACK_MS, Features, ModelScorer, window_features
 from streamrec.config_files import first_error, read_toml
 from streamrec.errors import ArtifactError, ConfigError, DataError
 
@@ -63,8 +62,6 @@ REFERENCE_FILE = "drift_reference.json"
 _FORMAT, _VERSION = "streamrec-drift-reference", 1
 _PSI_FLOOR = 1e-4
 _CDF_POINTS = 101
-_MAX_SCORE_ROWS = 20_000
-LOOKBACK_MS = WINDOW_HOURS * HOUR_MS  # history before a window, so 24 h counts are whole
 
 
 class DriftConfig(BaseModel):
@@ -109,108 +106,6 @@ def load_drift_config(path: Path | None = None) -> DriftConfig:
 
 
 # --- features ----------------------------------------------------------------------------
-
-
-@dataclass
-class Features:
-    """Feature values of one window: numeric arrays and categorical label arrays."""
-
-    numeric: dict[str, np.ndarray] = field(default_factory=dict)
-    categorical: dict[str, np.ndarray] = field(default_factory=dict)
-    rows: int = 0
-    since_ms: int | None = None
-    until_ms: int | None = None
-
-
-@dataclass(frozen=True)
-class ModelScorer:
-    """The serving model's score of (user, item) at a moment: user tower · item tower."""
-
-    model: TwoTower
-    vocab: ItemVocab
-    user_buckets: int
-    recent_items: int
-
-    def scores(
-        self, events: pd.DataFrame, users: np.ndarray, items: np.ndarray, at_ms: np.ndarray
-    ) -> np.ndarray:
-        from models.data import FIRST_ITEM, hash_ids
-        from models.embed import item_embeddings, user_embeddings
-
-        codes = self.vocab.lookup(list(events["item_id"]))
-        timeline = UserTimeline(events, codes, self.recent_items)
-        ctx = timeline.before(timeline.user_codes(users), at_ms)
-        dense = user_dense(ctx.columns(), at_ms)
-        uvec = user_embeddings(self.model, hash_ids(list(users), self.user_buckets), ctx.seq, dense)
-        item_codes = self.vocab.lookup(list(items))
-        known = item_codes >= FIRST_ITEM
-        ivec = item_embeddings(self.model)[item_codes[known]]
-        return np.einsum("ij,ij->i", uvec[known], ivec).astype(np.float64)
-
-
-def window_features(
-    events: pd.DataFrame,
-    since_ms: int,
-    until_ms: int,
-    cfg: DriftConfig,
-    scorer: ModelScorer | None = None,
-) -> Features:
-    """The drift features of `[since_ms, until_ms)`; `events` may start a day earlier."""
-    ts = events["ts_ms"].to_numpy(dtype=np.int64)
-    hist = events[(ts >= since_ms - LOOKBACK_MS) & (ts < until_ms)].reset_index(drop=True)
-    hts = hist["ts_ms"].to_numpy(dtype=np.int64)
-    inside = (hts >= since_ms) & (hts < until_ms)
-    etype = hist["event_type"].to_numpy(dtype=object)
-    out = Features(since_ms=since_ms, until_ms=until_ms)
-    if not inside.any():
-        return out
-    moments = np.flatnonzero(inside & (etype == "impression"))
-    if len(moments) == 0:
-        moments = np.flatnonzero(inside)
-    rng = np.random.default_rng(cfg.seed)
-    if len(moments) > cfg.max_rows:
-        moments = np.sort(rng.choice(moments, size=cfg.max_rows, replace=False))
-    users = hist["user_id"].to_numpy(dtype=object)[moments]
-    items = hist["item_id"].to_numpy(dtype=object)[moments]
-    at = hts[moments]
-    timeline = UserTimeline(hist, np.zeros(len(hist), dtype=np.int64), 1)
-    ctx = timeline.before(timeline.user_codes(users), at)
-    udense = user_dense(ctx.columns(), at)
-    out.numeric |= {n: udense[:, j].astype(np.float64) for j, n in enumerate(USER_DENSE_NAMES)}
-    idense = _item_features_at(hist, items, at, since_ms, until_ms)
-    out.numeric |= {n: idense[:, j].astype(np.float64) for j, n in enumerate(ITEM_DENSE_NAMES)}
-    out.categorical["event_type"] = etype[inside]
-    if scorer is not None:
-        pick = rng.permutation(len(moments))[:_MAX_SCORE_ROWS]
-        out.numeric["score"] = scorer.scores(hist, users[pick], items[pick], at[pick])
-    out.rows = len(moments)
-    return out
-
-
-def _item_features_at(
-    hist: pd.DataFrame, items: np.ndarray, at: np.ndarray, since_ms: int, until_ms: int
-) -> np.ndarray:
-    """Item features of each (item, moment) as of the start of the moment's hour.
-
-    The online store changes as traffic flows, so one snapshot per window would put a
-    few popular items' momentary values under most impressions (a lumpy distribution
-    whose PSI jumps between identical windows); hourly snapshots follow what serving saw.
-    """
-    out = np.zeros((len(items), len(ITEM_DENSE_NAMES)), dtype=np.float32)
-    # Integer item codes: grouping ints is several times faster than grouping strings.
-    codes, uniques = pd.factorize(hist["item_id"])
-    slim = pd.DataFrame(
-        {"event_type": hist["event_type"], "item_id": codes, "ts_ms": hist["ts_ms"]}
-    )
-    wanted = pd.Index(uniques).get_indexer(items)  # -1: an item without events (no row)
-    hours = (at - since_ms) // HOUR_MS
-    agg = AggregateConfig()
-    for h in np.unique(hours):
-        rows = np.flatnonzero(hours == h)
-        cut = min(since_ms + int(h) * HOUR_MS, until_ms)
-        snap = item_snapshot(slim, cut, agg).reindex(wanted[rows]).fillna(0)
-        out[rows] = item_dense({c: snap[c].to_numpy() for c in snap.columns})
-    return out
 
 
 # --- reference and comparison --------------------------------------------------------
@@ -595,90 +490,3 @@ def check(
 
 
 # --- the readable report ----------------------------------------------------------------
-
-
-def render_markdown(
-    result: DriftResult, cfg: DriftConfig, plot_name: str | None = "report.png"
-) -> str:
-    from offline.report import _fmt_ms
-
-    r = result
-    lines = [
-        f"# Drift of `{r.version}`",
-        "",
-        f"**{r.decision.upper()}**: {r.reason}",
-        "",
-        f"Traffic {_fmt_ms(r.since_ms)} to {_fmt_ms(r.until_ms)} ({r.rows:,} sampled moments) "
-        f"against the last {cfg.window_hours:g} h of the model's training window. PSI threshold "
-        f"{cfg.psi_threshold}"
-        + (f", KS threshold {cfg.ks_threshold}" if cfg.ks_threshold else "")
-        + f"; on drift: {cfg.on_drift}.",
-    ]
-    if r.trigger_message:
-        lines += ["", f"Action: {r.trigger_message}."]
-    lines += [
-        "",
-        "| feature | PSI | KS | reference mean | current mean | status |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
-
-    def num(x: float | None) -> str:
-        return "-" if x is None else f"{x:.4g}"
-
-    for f in r.features:
-        status = ("DRIFTED" if f.drifted else "ok") + ("" if f.counted else " (ignored)")
-        lines.append(
-            f"| {f.feature} | {f.psi:.3f} | {num(f.ks)} | {num(f.ref_mean)} | "
-            f"{num(f.cur_mean)} | {status} |"
-        )
-    if plot_name:
-        lines += ["", f"![drift by feature]({plot_name})"]
-    return "\n".join(lines) + "\n"
-
-
-def write_plot(path: Path, result: DriftResult, cfg: DriftConfig, top: int = 3) -> None:
-    """PSI per feature against the threshold, and the CDFs of the most drifted features."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    feats = result.features
-    shown = [f for f in feats if f.feature in result.curves][:top]
-    fig, axes = plt.subplots(
-        1, 1 + len(shown), figsize=(5 + 4 * len(shown), max(4, 0.25 * len(feats)))
-    )
-    axes = np.atleast_1d(axes)
-    names = [f.feature for f in feats][::-1]
-    colours = ["#d62728" if f.drifted else "#1f77b4" for f in feats][::-1]
-    axes[0].barh(names, [f.psi for f in feats][::-1], color=colours)
-    axes[0].axvline(cfg.psi_threshold, color="k", linestyle="--", label="threshold")
-    axes[0].set_xlabel("PSI")
-    axes[0].set_title("PSI by feature (red = drifted)")
-    axes[0].tick_params(axis="y", labelsize=7)
-    axes[0].legend()
-    for ax, f in zip(axes[1:], shown, strict=True):
-        x, ref_cdf, cur_cdf = result.curves[f.feature]
-        ax.step(x, ref_cdf, where="post", label="reference")
-        ax.step(x, cur_cdf, where="post", label="current")
-        ax.set_title(f"{f.feature}\nPSI {f.psi:.2f}, KS {f.ks or 0:.2f}", fontsize=9)
-        ax.set_ylabel("CDF")
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def write_outputs(result: DriftResult, cfg: DriftConfig, out_dir: Path) -> dict[str, Path]:
-    """report.md, report.png and result.json under `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "markdown": out_dir / "report.md",
-        "plot": out_dir / "report.png",
-        "json": out_dir / "result.json",
-    }
-    write_plot(paths["plot"], result, cfg)
-    paths["markdown"].write_text(render_markdown(result, cfg, paths["plot"].name))
-    paths["json"].write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    return paths

@@ -20,7 +20,6 @@ from offline.drift import (
     DriftConfig,
     DriftGauges,
     DriftResult,
-    Features,
     act,
     build_reference,
     check,
@@ -31,9 +30,9 @@ from offline.drift import (
     psi,
     retrain_trigger,
     save_training_reference,
-    window_features,
-    write_outputs,
 )
+from offline.drift_features import Features, window_features
+from offline.drift_report import write_outputs
 from offline.simulate import history_frame
 from streamrec.errors import ArtifactError, ConfigError
 from streamrec.settings import Settings
