@@ -62,8 +62,8 @@ def experiment_report(
     config: ConfigOpt = None,
 ) -> None:
     """Per-variant CTR and conversion with intervals, tests vs control, SRM, a verdict."""
+    from offline.experiment_output import write_outputs
     from offline.experiment_report import experiment_report as run
-    from offline.experiment_report import write_outputs
     from online.experiments import load_experiments
 
     s = get_settings()
@@ -113,7 +113,7 @@ def experiment_simulate(
 ) -> None:
     """Write a planted experiment's impressions, clicks and conversions into the archive."""
     from offline.archive import write_events
-    from offline.experiment_report import simulate_experiment
+    from offline.experiment_sim import simulate_experiment
     from online.experiments import load_experiments
     from streamrec.simulation import World, WorldParams
 

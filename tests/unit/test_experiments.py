@@ -18,19 +18,15 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from offline.archive import write_events
+from offline.experiment_output import render_markdown, write_outputs
 from offline.experiment_report import (
     ExperimentResult,
     analyze,
-    chi2_sf,
     experiment_report,
     impression_outcomes,
-    normal_quantile,
-    normal_sf,
-    ratio_and_variance,
-    render_markdown,
-    simulate_experiment,
-    write_outputs,
 )
+from offline.experiment_sim import simulate_experiment
+from offline.experiment_stats import chi2_sf, normal_quantile, normal_sf, ratio_and_variance
 from online.experiments import (
     DEFAULT_EXPERIMENTS_CONFIG,
     Experiment,
