@@ -75,7 +75,8 @@ def evaluate_policy(
     """
     from offline import ope
     from offline.ope_log import evaluate_policy as run
-    from offline.ope_log import parse_policy, read_log
+    from offline.ope_log import read_log
+    from offline.ope_policies import parse_policy
 
     s = get_settings()
     policies = [parse_policy(p) for p in policy]  # bad specs fail before any reading

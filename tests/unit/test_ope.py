@@ -26,7 +26,7 @@ from models.bandit import (
     CtrLearner,
     RandomPolicy,
 )
-from offline import ope, ope_log
+from offline import ope, ope_log, ope_policies
 from offline.archive import write_events
 from streamrec.cli import app
 from streamrec.errors import DataError
@@ -144,7 +144,7 @@ def test_parity_with_obp_on_obd_dirichlet_policy(obd: dict[str, np.ndarray]) -> 
 
 def test_parity_with_obp_on_obd_deterministic_policy(obd: dict[str, np.ndarray]) -> None:
     fb = ope_log.read_obd(OBD_DIR / "all.csv")
-    policy = ope_log.parse_policy("linear:item_feature_0=-1")
+    policy = ope_policies.parse_policy("linear:item_feature_0=-1")
     dist = policy.action_dist(fb)  # [1, 80, 3], the same for every round
     assert dist.shape == (1, 80, 3) and set(np.unique(dist)) == {0.0, 1.0}
     table = ope_log.reward_table(fb, n_folds=1)
@@ -365,14 +365,14 @@ def test_greedy_and_thompson_specs_rank_like_models_bandit(tmp_path: Path) -> No
     (tmp_path / "stats.json").write_text(json.dumps(stats.to_dict()))
     x = fb.candidates
     p_click = learner.predict(x.reshape(-1, x.shape[2])).reshape(x.shape[:2])
-    greedy = ope_log.parse_policy(f"greedy:{tmp_path / 'learner.json'}")
+    greedy = ope_policies.parse_policy(f"greedy:{tmp_path / 'learner.json'}")
     np.testing.assert_array_equal(greedy.action_dist(fb), _sorted_marginals(p_click, 5))
-    thompson = ope_log.parse_policy(f"thompson:{tmp_path / 'stats.json'},exploration=0")
+    thompson = ope_policies.parse_policy(f"thompson:{tmp_path / 'stats.json'},exploration=0")
     mean, _ = stats.posterior()
     np.testing.assert_array_equal(thompson.action_dist(fb), _sorted_marginals(x @ mean, 5))
     assert not np.array_equal(_sorted_marginals(p_click, 5), _sorted_marginals(x @ mean, 5))
     with pytest.raises(DataError, match="exploration=0"):
-        ope_log.parse_policy(f"thompson:{tmp_path / 'stats.json'},exploration=1")
+        ope_policies.parse_policy(f"thompson:{tmp_path / 'stats.json'},exploration=1")
     obd = ope_log.read_obd(OBD_DIR / "all.csv")
     with pytest.raises(DataError, match="bandit features"):
         greedy.action_dist(obd)
@@ -380,7 +380,7 @@ def test_greedy_and_thompson_specs_rank_like_models_bandit(tmp_path: Path) -> No
 
 def test_random_spec_matches_random_policy_propensity() -> None:
     fb = _bandit_slate_fb()
-    dist = ope_log.parse_policy("random").action_dist(fb)
+    dist = ope_policies.parse_policy("random").action_dist(fb)
     slate = RandomPolicy().rank(
         Candidates(list("abcde"), fb.candidates[0], np.zeros(5), np.zeros(5)),
         5,
@@ -394,10 +394,10 @@ def test_plackett_luce_marginals_match_exact_enumeration() -> None:
     fb = feedback(log)
     weights = dict(zip(FEATURE_NAMES, sim.SOFT_GOOD.weights.tolist(), strict=True))
     spec = ",".join(f"{k}={v}" for k, v in weights.items())
-    mc = ope_log.parse_policy(f"linear:{spec},temperature=1,draws=20000").action_dist(fb)
+    mc = ope_policies.parse_policy(f"linear:{spec},temperature=1,draws=20000").action_dist(fb)
     exact = sim.marginals(sim.SOFT_GOOD, log.x, K)
     assert np.abs(mc - exact).max() < 0.02
-    greedy = ope_log.parse_policy(f"linear:{spec}").action_dist(fb)
+    greedy = ope_policies.parse_policy(f"linear:{spec}").action_dist(fb)
     np.testing.assert_array_equal(greedy, sim.marginals(sim.GREEDY_GOOD, log.x, K))
 
 
@@ -413,12 +413,12 @@ def test_plackett_luce_marginals_match_exact_enumeration() -> None:
 )
 def test_bad_policy_specs(spec: str, message: str) -> None:
     with pytest.raises(DataError, match=message):
-        ope_log.parse_policy(spec)
+        ope_policies.parse_policy(spec)
 
 
 def test_unknown_feature_names_the_available_ones() -> None:
     with pytest.raises(DataError, match="affinity"):
-        ope_log.parse_policy("score:afinity").action_dist(_bandit_slate_fb())
+        ope_policies.parse_policy("score:afinity").action_dist(_bandit_slate_fb())
 
 
 # --- our impression log, end to end -----------------------------------------------------------
@@ -470,11 +470,13 @@ def test_impression_log_estimates_equal_the_array_path(archive: tuple[Path, sim.
         ("random", sim.UNIFORM),
         ("linear:retrieval_score=0.6,log1p_popularity=0.4,affinity=0.9", sim.GREEDY_GOOD),
     ):
-        ours = ope_log.evaluate_policy(fb, ope_log.parse_policy(spec), estimators=("ips", "snips"))
+        ours = ope_log.evaluate_policy(
+            fb, ope_policies.parse_policy(spec), estimators=("ips", "snips")
+        )
         ref = ope_log.evaluate_policy(sim_fb, ExactPolicy(policy), estimators=("ips", "snips"))
         for e in ("ips", "snips"):
             assert ours.estimates[e].value == pytest.approx(ref.estimates[e].value, abs=1e-9)
-    res = ope_log.evaluate_policy(fb, ope_log.parse_policy("random"))
+    res = ope_log.evaluate_policy(fb, ope_policies.parse_policy("random"))
     assert set(res.estimates) == set(ope.ESTIMATORS)
     assert all(0 < e.value < 1 for e in res.estimates.values())
 
@@ -520,7 +522,7 @@ def test_cli_prints_every_estimator(archive: tuple[Path, sim.Log]) -> None:
     assert out.exit_code == 0, out.output
     got = json.loads(out.stdout)
     fb = ope_log.read_impression_log(path, until_ms=UNTIL)
-    ref = ope_log.evaluate_policy(fb, ope_log.parse_policy("random"), n_resamples=200)
+    ref = ope_log.evaluate_policy(fb, ope_policies.parse_policy("random"), n_resamples=200)
     assert got["results"][0]["estimates"] == json.loads(json.dumps(ref.to_dict()["estimates"]))
     table = runner.invoke(app, [*args, "-p", "score:affinity", "--resamples", "200"])
     assert table.exit_code == 0, table.output
