@@ -109,6 +109,7 @@ class PerSlate:
 
 
 Table = np.ndarray | PerSlate
+MAX_DRAW_CELLS = 4_000_000  # numbers held at once by reward tables and policy draws
 
 
 def _column(table: Table, position: np.ndarray) -> np.ndarray:
@@ -433,50 +434,3 @@ def evaluate(
 
 
 # --- reward model ---------------------------------------------------------------------------
-
-
-class LogisticRewardModel:
-    """L2-regularised logistic regression fitted by Newton's method: q̂ for DM and DR.
-
-    Small and dependency-free on purpose: the features are the item's bandit features and
-    a one-hot of the position, a dozen columns, so a few Newton steps converge exactly.
-    The intercept is not penalised, so the fitted click rate matches the data's on
-    average however rare clicks are (a penalised one drifts towards 0.5 and biases DM up).
-    """
-
-    def __init__(self, l2: float = 1.0, max_iter: int = 50, tol: float = 1e-8) -> None:
-        self.l2 = l2
-        self.max_iter = max_iter
-        self.tol = tol
-        self._coef: np.ndarray | None = None  # [intercept, weights...]
-
-    def fit(self, features: np.ndarray, reward: np.ndarray) -> LogisticRewardModel:
-        if features.ndim != 2 or features.shape[0] != reward.shape[0]:
-            raise DataError(f"features [n, d] and reward [n] disagree: {features.shape}")
-        if not np.all(np.isfinite(features)):
-            raise DataError("reward-model features have NaN or infinite values")
-        X = np.hstack([np.ones((features.shape[0], 1)), features.astype(np.float64)])
-        y = reward.astype(np.float64)
-        penalty = np.full(X.shape[1], self.l2)
-        penalty[0] = 1e-8  # keeps the Hessian invertible when every reward is 0 or 1
-        coef = np.zeros(X.shape[1])
-        for _ in range(self.max_iter):
-            p = _sigmoid(X @ coef)
-            grad = X.T @ (p - y) + penalty * coef
-            hess = (X * (p * (1 - p))[:, None]).T @ X + np.diag(penalty)
-            step = np.linalg.solve(hess, grad)
-            coef -= step
-            if np.max(np.abs(step)) < self.tol:
-                break
-        self._coef = coef
-        return self
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """P(reward = 1) for features [..., d]."""
-        if self._coef is None:
-            raise DataError("reward model used before fit()")
-        return _sigmoid(features @ self._coef[1:] + self._coef[0])
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)))  # overflow-free logistic

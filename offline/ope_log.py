@@ -47,12 +47,12 @@ from models.bandit import (
 )
 from models.bandit_state import decode_x
 from offline import ope
+from offline.ope_reward import reward_table
 from streamrec.errors import DataError
 
 if TYPE_CHECKING:
     from offline.ope_policies import SlatePolicy
 
-MAX_DRAW_CELLS = 4_000_000  # Monte Carlo scores held at once (reward tables, draws)
 
 log = logging.getLogger(__name__)
 
@@ -308,44 +308,6 @@ def _obd_item_features(path: Path, n_items: int) -> tuple[np.ndarray, tuple[str,
 
 
 # --- reward model -------------------------------------------------------------------------
-
-
-def design(candidates: np.ndarray, len_list: int) -> np.ndarray:
-    """Reward-model features of every (candidate, slot): [..., m, L, D + L]."""
-    *lead, m, d = candidates.shape
-    x = np.broadcast_to(candidates[..., :, None, :], (*lead, m, len_list, d))
-    slot = np.broadcast_to(np.eye(len_list), (*lead, m, len_list, len_list))
-    return np.concatenate([x, slot], axis=-1)
-
-
-def reward_table(
-    fb: LoggedFeedback, n_folds: int = 2, seed: int = 0, l2: float = 1.0
-) -> ope.PerSlate:
-    """q̂(candidate, slot) per slate from a logistic model of reward on x and the slot.
-
-    With `n_folds` > 1 the model is cross-fitted: rounds are split by group (request) and
-    each round's predictions come from the model fitted on the other folds, so DR's
-    correction is not fitted to its own noise.
-    """
-    if n_folds < 1:
-        raise DataError("n_folds must be at least 1")
-    codes, n_groups = ope.group_index(fb.groups, fb.n_rounds)
-    fold = np.random.default_rng(seed).permutation(n_groups)[codes] % n_folds
-    n_slates, m, _ = fb.candidates.shape
-    key = fold * n_slates + fb.slate  # one table per (fold, slate) that has rounds
-    uniq, index = np.unique(key, return_inverse=True)
-    slot = np.eye(fb.len_list)
-    rows = np.hstack([fb.candidates[fb.slate, fb.action], slot[fb.position]])
-    values = np.empty((uniq.shape[0], m, fb.len_list))
-    step = max(1, MAX_DRAW_CELLS // (m * fb.len_list * rows.shape[1]))
-    for f in range(n_folds):
-        train = fold != f if n_folds > 1 else np.ones(fb.n_rounds, dtype=bool)
-        model = ope.LogisticRewardModel(l2=l2).fit(rows[train], fb.reward[train])
-        mine = np.flatnonzero(uniq // n_slates == f)
-        for lo in range(0, mine.size, step):  # features of every (candidate, slot), in chunks
-            part = mine[lo : lo + step]
-            values[part] = model.predict(design(fb.candidates[uniq[part] % n_slates], fb.len_list))
-    return ope.PerSlate(values, index.astype(np.int64))
 
 
 # --- one call for the CLI ---------------------------------------------------------------------

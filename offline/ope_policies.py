@@ -24,7 +24,8 @@ from models.bandit import (
     Policy,
     ThompsonPolicy,
 )
-from offline.ope_log import MAX_DRAW_CELLS, LoggedFeedback
+from offline.ope import MAX_DRAW_CELLS
+from offline.ope_log import LoggedFeedback
 from streamrec.errors import DataError
 
 

@@ -26,7 +26,7 @@ from models.bandit import (
     CtrLearner,
     RandomPolicy,
 )
-from offline import ope, ope_log, ope_policies
+from offline import ope, ope_log, ope_policies, ope_reward
 from offline.archive import write_events
 from streamrec.cli import app
 from streamrec.errors import DataError
@@ -123,7 +123,7 @@ def test_parity_with_obp_on_obd_dirichlet_policy(obd: dict[str, np.ndarray]) -> 
     rng = np.random.default_rng(7)
     action_dist = rng.dirichlet(np.full(80, 0.3), size=(n, 3)).transpose(0, 2, 1)
     fb = ope_log.read_obd(OBD_DIR / "all.csv")
-    table = ope_log.reward_table(fb, n_folds=2, seed=0)
+    table = ope_reward.reward_table(fb, n_folds=2, seed=0)
     q_hat = table.values[table.index]  # materialised: obp takes [n, 80, 3]
     expected = _obp_values(obd, action_dist, q_hat)
     ours = {
@@ -147,7 +147,7 @@ def test_parity_with_obp_on_obd_deterministic_policy(obd: dict[str, np.ndarray])
     policy = ope_policies.parse_policy("linear:item_feature_0=-1")
     dist = policy.action_dist(fb)  # [1, 80, 3], the same for every round
     assert dist.shape == (1, 80, 3) and set(np.unique(dist)) == {0.0, 1.0}
-    table = ope_log.reward_table(fb, n_folds=1)
+    table = ope_reward.reward_table(fb, n_folds=1)
     expected = _obp_values(
         obd, np.repeat(dist, fb.n_rounds, axis=0), np.repeat(table.values, fb.n_rounds, axis=0)
     )
@@ -320,7 +320,7 @@ def test_reward_model_is_calibrated_on_rare_clicks() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20_000, 3))
     y = (rng.random(20_000) < 0.004).astype(float)  # OBD-like click rate
-    p = ope.LogisticRewardModel().fit(x, y).predict(x)
+    p = ope_reward.LogisticRewardModel().fit(x, y).predict(x)
     assert p.mean() == pytest.approx(y.mean(), rel=1e-6)
 
 
