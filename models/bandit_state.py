@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.bandit import FEATURE_NAMES, BanditStats, CtrLearner
+from models.bandit import FEATURE_NAMES
+from models.bandit_learning import BanditStats, CtrLearner
 
 D = len(FEATURE_NAMES)
 _POLICY = "policy."

@@ -15,15 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from models.bandit import (
-    FEATURE_NAMES,
-    BanditStats,
-    Candidates,
-    CtrLearner,
-    GreedyPolicy,
-    Policy,
-    ThompsonPolicy,
-)
+from models.bandit import FEATURE_NAMES, Candidates, GreedyPolicy, Policy, ThompsonPolicy
+from models.bandit_learning import BanditStats, CtrLearner
 from offline.ope import MAX_DRAW_CELLS
 from offline.ope_log import LoggedFeedback
 from streamrec.errors import DataError

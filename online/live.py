@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from features.online_state import BoardEntry, OnlineStateReader, merge_entries
-from models.bandit import BanditStats, CtrLearner
+from models.bandit_learning import BanditStats, CtrLearner
 from models.bandit_state import BanditState
 from online import metrics
 from streamrec.errors import StoreError

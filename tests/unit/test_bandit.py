@@ -16,18 +16,16 @@ from models.bandit import (
     CTR_PRIOR_MEAN,
     CTR_PRIOR_STRENGTH,
     FEATURE_NAMES,
-    BanditStats,
     Candidates,
-    CtrLearner,
     D,
     GreedyPolicy,
     Policy,
     RandomPolicy,
     ThompsonPolicy,
     _beta_quantile,
-    ctr_posterior_mean,
     make_policy,
 )
+from models.bandit_learning import BanditStats, CtrLearner, ctr_posterior_mean
 from streamrec.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------------------------------

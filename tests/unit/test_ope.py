@@ -19,13 +19,8 @@ from obp.ope import (
 )
 from typer.testing import CliRunner
 
-from models.bandit import (
-    FEATURE_NAMES,
-    BanditStats,
-    Candidates,
-    CtrLearner,
-    RandomPolicy,
-)
+from models.bandit import FEATURE_NAMES, Candidates, RandomPolicy
+from models.bandit_learning import BanditStats, CtrLearner
 from offline import ope, ope_log, ope_policies, ope_reward
 from offline.archive import write_events
 from streamrec.cli import app
