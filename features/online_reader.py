@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from features import online_layout as layout
+from features import redis_wire
 from features.aggregates import ITEM_FEATURES, USER_FEATURES
 from features.repo import ITEM_KEY, ITEM_VIEW, USER_KEY, USER_VIEW
 from streamrec.errors import StoreError
@@ -181,23 +182,10 @@ class RedisLayoutReader:
     def _round_trip(self, packed: bytes, n_replies: int) -> list[list[Raw]]:
         import redis
 
-        pool = self._client.connection_pool
         try:
-            conn = pool.get_connection()
+            return redis_wire.round_trip(self._client, packed, n_replies)
         except redis.RedisError as exc:
             raise _redis_down(exc) from exc
-
-        def send_and_read() -> list[list[Raw]]:
-            conn.send_packed_command([packed])
-            return [conn.read_response() for _ in range(n_replies)]
-
-        try:
-            return conn.retry.call_with_retry(send_and_read, lambda _err: conn.disconnect())
-        except redis.RedisError as exc:
-            conn.disconnect()  # replies may be left unread on the socket: never reuse it
-            raise _redis_down(exc) from exc
-        finally:
-            pool.release(conn)
 
     def close(self) -> None:
         self._client.close()

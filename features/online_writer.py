@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from features import online_layout as layout
+from features import redis_wire
 from features.aggregates import FeatureRow
 from streamrec.errors import StoreError
 
 if TYPE_CHECKING:
     import redis
     from feast import FeatureStore
-    from redis.typing import EncodableT, FieldT
 
 # (entity id, feature values, event time in epoch ms)
 Row = tuple[str, FeatureRow, int]
@@ -50,14 +50,19 @@ class RedisLayoutWriter:
         return self._fields[key]
 
     def write(self, view: str, join_key: str, rows: Sequence[Row]) -> None:
+        if not rows:
+            return
         ts_field = f"_ts:{view}".encode()
-        pipe = self._client.pipeline(transaction=False)
-        for entity, values, ts_ms in rows:
-            mapping: dict[FieldT, EncodableT] = {ts_field: layout.encode_timestamp(ts_ms)}
+        keys = layout.entity_keys(join_key, [entity for entity, _, _ in rows], self._project)
+        field = self._field
+        encode = layout.encode_value
+        commands = []
+        for key, (_, values, ts_ms) in zip(keys, rows, strict=True):
+            args: list[bytes] = [b"HSET", key, ts_field, layout.encode_timestamp(ts_ms)]
             for name, value in values.items():
-                mapping[self._field(view, name)] = layout.encode_value(value)
-            pipe.hset(layout.entity_key(join_key, entity) + self._project, mapping=mapping)
-        pipe.execute()
+                args += (field(view, name), encode(value))
+            commands.append(args)
+        redis_wire.run(self._client, commands)
 
     def close(self) -> None:
         self._client.close()

@@ -9,6 +9,13 @@ On the wire an event is one JSON object per Kafka message, keyed by user id:
 `ts` is ISO 8601 with an explicit offset, or integer epoch milliseconds (UTC).
 `parse_event` turns bytes into an `Event` or raises `InvalidEvent` naming the field;
 it never raises anything else, whatever the input.
+
+Two paths, one contract. The stream parses tens of thousands of events a second, so
+`parse_event` first tries a msgspec decoder whose schema is at least as strict as
+`validate_event` (checked in C, about 1 µs an event). Whatever it refuses (including
+anything it merely cannot judge, like a lone surrogate or a float `ts`) goes through
+`json.loads` and `validate_event`, which decide and name the reason. So the fast path
+never changes what is accepted; `tests/unit/test_events.py` holds the two to each other.
 """
 
 from __future__ import annotations
@@ -16,13 +23,15 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
+
+import msgspec
 
 from streamrec.errors import InvalidEvent
 
-EVENT_TYPES: tuple[str, ...] = ("impression", "click", "add_to_cart", "purchase", "view")
+EventType = Literal["impression", "click", "add_to_cart", "purchase", "view"]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 REQUIRED_FIELDS = ("event_id", "event_type", "user_id", "item_id", "ts")
 OPTIONAL_FIELDS = ("request_id", "position", "propensity", "context")
 KNOWN_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
@@ -40,9 +49,12 @@ UnknownFields = Literal["reject", "ignore"]
 ContextValue = str | int | float | bool
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A validated v1 event. `ts_ms` is event time in epoch milliseconds, UTC."""
+class Event(msgspec.Struct, frozen=True):
+    """A validated v1 event. `ts_ms` is event time in epoch milliseconds, UTC.
+
+    A frozen msgspec Struct rather than a dataclass: built ten times faster, which the
+    stream notices at 50k events/s.
+    """
 
     event_id: str
     event_type: str
@@ -52,7 +64,7 @@ class Event:
     request_id: str | None = None
     position: int | None = None
     propensity: float | None = None
-    context: dict[str, ContextValue] = field(default_factory=dict)
+    context: dict[str, ContextValue] = msgspec.field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON-ready dict of this event (optional fields only when set)."""
@@ -199,6 +211,62 @@ def validate_event(
     )
 
 
+# --- the fast path: the same contract as a msgspec schema ----------------------------
+
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+_ContextKey = Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)]
+_ContextText = Annotated[str, msgspec.Meta(max_length=MAX_CONTEXT_VALUE_CHARS)]
+_Context = Annotated[
+    dict[_ContextKey, _ContextText | int | float | bool],
+    msgspec.Meta(max_length=MAX_CONTEXT_KEYS),
+]
+
+
+class _Wire(msgspec.Struct):
+    event_id: _Id
+    event_type: EventType
+    user_id: _Id
+    item_id: _Id
+    ts: int | str
+    request_id: _Id | None = None
+    position: Annotated[int, msgspec.Meta(ge=0, le=MAX_POSITION)] | None = None
+    propensity: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
+    context: _Context | None = None
+
+
+class _StrictWire(_Wire, forbid_unknown_fields=True):
+    pass
+
+
+_FAST: dict[UnknownFields, msgspec.json.Decoder[Any]] = {
+    "reject": msgspec.json.Decoder(_StrictWire),
+    "ignore": msgspec.json.Decoder(_Wire),
+}
+
+
+def _parse_fast(
+    raw: bytes, now_ms: int, unknown_fields: UnknownFields, max_future_skew_ms: int
+) -> Event | None:
+    """The event if the msgspec schema accepts it, else None (the slow path decides)."""
+    try:
+        # msgspec skips ignored fields without checking their UTF-8; json.loads does not.
+        raw.decode()
+        w = _FAST[unknown_fields].decode(raw)
+    except (msgspec.MsgspecError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    return Event(
+        w.event_id,
+        w.event_type,
+        w.user_id,
+        w.item_id,
+        _ts_ms(w.ts, now_ms, max_future_skew_ms),  # bounds and ISO parsing: shared code
+        w.request_id,
+        w.position,
+        w.propensity,
+        w.context or {},
+    )
+
+
 def parse_event(
     raw: bytes | None,
     *,
@@ -212,10 +280,14 @@ def parse_event(
         raise InvalidEvent("message has no value (tombstone)")
     if len(raw) > max_bytes:
         raise InvalidEvent(f"event is {len(raw)} bytes, over the {max_bytes}-byte limit")
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    fast = _parse_fast(raw, now, unknown_fields, max_future_skew_ms)
+    if fast is not None:
+        return fast
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidEvent(f"not valid JSON: {str(exc)[:80]}") from None
     return validate_event(
-        obj, now_ms=now_ms, unknown_fields=unknown_fields, max_future_skew_ms=max_future_skew_ms
+        obj, now_ms=now, unknown_fields=unknown_fields, max_future_skew_ms=max_future_skew_ms
     )

@@ -68,8 +68,11 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = Field(
         100, ge=1, description="Longest a micro-batch waits to fill before it is processed."
     )
-    materialize_max_entities: int = Field(
-        50000, ge=1, description="Most dirty entities written to the online store per cycle."
+    materialize_interval_ms: int = Field(
+        200,
+        ge=0,
+        description="How often the worker writes changed entities to the online store."
+        " Longer folds more events into each row write; shorter is fresher.",
     )
     dedupe_window_s: int = Field(
         3600, ge=0, description="How long a user's event ids are remembered to drop duplicates."

@@ -13,6 +13,7 @@ repeat by `event_id`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -44,8 +45,10 @@ SCHEMA = pa.schema(
 )
 
 
-def _hour_dir(ts_ms: int) -> str:
-    t = time.gmtime(ts_ms // 1000)
+@functools.lru_cache(maxsize=4096)
+def _hour_dir(hour: int) -> str:
+    """The partition folder of an epoch hour (cached: every event of an hour shares it)."""
+    t = time.gmtime(hour * 3600)
     return f"date={t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}/hour={t.tm_hour:02d}"
 
 
@@ -137,10 +140,10 @@ class ArchiveSink:
 
     def _write(self, partition: int, rows: list[tuple[int, Event]]) -> int:
         first, last = rows[0][0], rows[-1][0]
-        by_hour: dict[str, list[tuple[int, Event]]] = defaultdict(list)
+        by_hour: dict[int, list[tuple[int, Event]]] = defaultdict(list)
         for offset, ev in rows:
-            by_hour[_hour_dir(ev.ts_ms)].append((offset, ev))
-        for hour_dir, chunk in by_hour.items():
+            by_hour[ev.ts_ms // 3_600_000].append((offset, ev))
+        for hour, chunk in by_hour.items():
             table = pa.table(
                 {
                     "event_id": [e.event_id for _, e in chunk],
@@ -157,7 +160,11 @@ class ArchiveSink:
                 },
                 schema=SCHEMA,
             )
-            out = self._root / hour_dir / f"part-{self._topic}-p{partition}-{first}-{last}.parquet"
+            out = (
+                self._root
+                / _hour_dir(hour)
+                / f"part-{self._topic}-p{partition}-{first}-{last}.parquet"
+            )
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.parent / f".{out.name}.tmp"  # dot-files are ignored by dataset readers
             pq.write_table(table, tmp, compression="zstd")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -107,7 +107,8 @@ class FeatureProcessor:
         """Fold a batch into state and commit it atomically (with its offsets)."""
         stats = BatchStats()
         update = BatchUpdate(topic=self._topic)
-        fresh = [(p, o, ev) for p, o, ev in batch if self.is_new(p, o)]
+        applied = self._applied
+        fresh = [m for m in batch if m[1] > applied.get(m[0], -1)]
         stats.replayed = len(batch) - len(fresh)
         if not fresh:
             return stats
@@ -115,7 +116,7 @@ class FeatureProcessor:
             self._users.clear()
         missing = {ev.user_id for _, _, ev in fresh if ev and ev.user_id not in self._users}
         self._users.update(self._state.load_users(missing))
-        item_counts: dict[str, Counter[str]] = defaultdict(Counter)
+        item_counts: dict[str, dict[str, int]] = defaultdict(dict)
         delta = self._bandit_delta(fresh)
         dirty_users: dict[int, set[str]] = defaultdict(set)
         dirty_items: dict[int, set[str]] = defaultdict(set)
@@ -140,7 +141,9 @@ class FeatureProcessor:
                 self._pending[ev.user_id] = (min(oldest, ev.ts_ms), n + 1)
                 fields = item_increments(ev)
                 if fields:
-                    item_counts[ev.item_id].update(fields)
+                    counts = item_counts[ev.item_id]
+                    for f in fields:
+                        counts[f] = counts.get(f, 0) + 1
                 if ev.ts_ms > update.item_last.get(ev.item_id, 0):
                     update.item_last[ev.item_id] = ev.ts_ms
                 dirty_items[owner_partition(ev.item_id, self._partitions)].add(ev.item_id)

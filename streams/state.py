@@ -17,15 +17,29 @@ Exactly-once effect on top of at-least-once Kafka delivery rests on three things
 from __future__ import annotations
 
 import zlib
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import msgspec
 
 from features.aggregates import UserState
 from features.online_state import BoardEntry
 
 ItemCounters = dict[str, int]
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder()
+
+
+def encode_user_state(state: UserState) -> bytes:
+    """A user's state document as compact JSON (msgspec: several times json.dumps)."""
+    return _ENCODER.encode(state)
+
+
+def decode_user_state(blob: bytes | str) -> UserState:
+    state: UserState = _DECODER.decode(blob)
+    return state
 
 
 def owner_partition(item_id: str, partitions: int) -> int:
@@ -40,7 +54,7 @@ class BatchUpdate:
     topic: str
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> last applied offset
     users: dict[str, UserState] = field(default_factory=dict)  # full new states
-    item_counts: dict[str, Counter[str]] = field(default_factory=dict)  # increments
+    item_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # increments
     item_last: dict[str, int] = field(default_factory=dict)  # candidate max event time
     dirty_users: dict[int, set[str]] = field(default_factory=dict)
     dirty_items: dict[int, set[str]] = field(default_factory=dict)

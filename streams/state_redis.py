@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 import redis
 
-from features import online_state
+from features import online_state, redis_wire
 from features.aggregates import UserState
 from features.online_state import BoardEntry
 from streamrec.errors import StoreError
-from streams.state import BatchUpdate, Claimed, ItemCounters
+from streams.state import (
+    BatchUpdate,
+    Claimed,
+    ItemCounters,
+    decode_user_state,
+    encode_user_state,
+)
 
 # Move dirty -> claimed unless a claim survives from before a crash, then list the claim.
 _CLAIM = """
@@ -66,17 +71,12 @@ class RedisStreamState:
         if not ids:
             return {}
         blobs = self._r.mget([self._k("u", u) for u in ids])
-        return {u: json.loads(b) for u, b in zip(ids, blobs, strict=True) if b is not None}
+        return {u: decode_user_state(b) for u, b in zip(ids, blobs, strict=True) if b is not None}
 
     def commit(self, update: BatchUpdate) -> None:
         pipe = self._r.pipeline(transaction=True)
         if update.users:
-            pipe.mset(
-                {
-                    self._k("u", u): json.dumps(s, separators=(",", ":"))
-                    for u, s in update.users.items()
-                }
-            )
+            pipe.mset({self._k("u", u): encode_user_state(s) for u, s in update.users.items()})
         if update.item_counts:
             args: list[str | int] = [self._k("i", "")]
             for item, counts in update.item_counts.items():
@@ -112,24 +112,27 @@ class RedisStreamState:
         ids = list(item_ids)
         if not ids:
             return {}
-        pipe = self._r.pipeline(transaction=False)
-        for item in ids:
-            pipe.hgetall(self._k("i", item))
-        pipe.zmscore(self._k("ilast"), ids)
-        *hashes, lasts = pipe.execute()
+        prefix = self._k("i", "")
+        commands: list[tuple[str, ...]] = [("HGETALL", prefix + item) for item in ids]
+        commands.append(("ZMSCORE", self._k("ilast"), *ids))
+        *hashes, lasts = redis_wire.run(self._r, commands)
         out: dict[str, tuple[ItemCounters, int]] = {}
-        for item, fields, last in zip(ids, hashes, lasts, strict=True):
+        for item, flat, last in zip(ids, hashes, lasts, strict=True):
             if last is not None:
-                out[item] = ({k.decode(): int(v) for k, v in fields.items()}, int(last))
+                out[item] = ({k.decode(): int(v) for k, v in _pairs(flat)}, int(last))
         return out
 
     def release_dirty(self, partition: int, stale_item_fields: dict[str, list[str]]) -> None:
-        pipe = self._r.pipeline(transaction=True)
-        for item, fields in stale_item_fields.items():
-            if fields:
-                pipe.hdel(self._k("i", item), *fields)
-        pipe.delete(self._k("claimed", "u", partition), self._k("claimed", "i", partition))
-        pipe.execute()
+        # Not one transaction: a crash between the two only re-deletes fields no window sees.
+        redis_wire.run(
+            self._r,
+            [
+                ("HDEL", self._k("i", item), *fields)
+                for item, fields in stale_item_fields.items()
+                if fields
+            ],
+        )
+        self._r.delete(self._k("claimed", "u", partition), self._k("claimed", "i", partition))
 
     def load_counters(self) -> dict[str, float]:
         raw = self._r.hgetall(self._k("counters"))
@@ -142,3 +145,10 @@ class RedisStreamState:
 
     def close(self) -> None:
         self._r.close()
+
+
+def _pairs(reply: dict[bytes, bytes] | list[bytes]) -> Iterable[tuple[bytes, bytes]]:
+    """An HGETALL reply off the wire: a map (hiredis, RESP3) or a flat field/value list."""
+    if isinstance(reply, dict):
+        return reply.items()
+    return zip(reply[::2], reply[1::2], strict=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,7 +9,13 @@ from pathlib import Path
 from features import online_state
 from features.aggregates import UserState
 from features.online_state import BoardEntry
-from streams.state import BatchUpdate, Claimed, ItemCounters
+from streams.state import (
+    BatchUpdate,
+    Claimed,
+    ItemCounters,
+    decode_user_state,
+    encode_user_state,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS offsets (topic TEXT, part INTEGER, off INTEGER,
@@ -53,7 +58,7 @@ class SqliteStreamState:
             for uid, blob in self._db.execute(
                 f"SELECT user_id, state FROM users WHERE user_id IN ({marks})", chunk
             ):
-                out[uid] = json.loads(blob)
+                out[uid] = decode_user_state(blob)
         return out
 
     def commit(self, update: BatchUpdate) -> None:
@@ -63,7 +68,7 @@ class SqliteStreamState:
             db.executemany(
                 "INSERT INTO users VALUES (?, ?) ON CONFLICT(user_id) DO UPDATE SET"
                 " state = excluded.state",
-                [(u, json.dumps(s, separators=(",", ":"))) for u, s in update.users.items()],
+                [(u, encode_user_state(s).decode()) for u, s in update.users.items()],
             )
             db.executemany(
                 "INSERT INTO item_counts VALUES (?, ?, ?) ON CONFLICT(item_id, field)"

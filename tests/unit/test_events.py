@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import contextlib
 import json
 import random
 from typing import Any
@@ -17,7 +18,10 @@ from streamrec.events import (
     MIN_TS_MS,
     REQUIRED_FIELDS,
     Event,
+    UnknownFields,
+    _parse_fast,
     parse_event,
+    validate_event,
 )
 
 NOW = calendar.timegm((2026, 11, 22, 12, 0, 0)) * 1000
@@ -249,3 +253,48 @@ def test_fuzz_raises_only_invalid_event() -> None:
         )
         assert ev.propensity is None or 0.0 < ev.propensity <= 1.0
     assert accepted > 50 and rejected_n > 500  # the fuzz reached both outcomes
+
+
+def _slow(raw: bytes, unknown_fields: UnknownFields) -> Event | str:
+    """The reference outcome: json.loads + validate_event, or the rejection reason."""
+    try:
+        return validate_event(json.loads(raw), now_ms=NOW, unknown_fields=unknown_fields)
+    except (ValueError, RecursionError):
+        return "bad json"
+    except InvalidEvent as exc:
+        return f"{exc.field}: {exc.message}"
+
+
+def _outcome(raw: bytes, unknown_fields: UnknownFields) -> Event | str:
+    try:
+        return parse_event(raw, now_ms=NOW, unknown_fields=unknown_fields)
+    except InvalidEvent as exc:
+        return (
+            "bad json"
+            if exc.message.startswith("not valid JSON")
+            else f"{exc.field}: {exc.message}"
+        )
+
+
+def test_fast_path_never_changes_the_verdict() -> None:
+    """parse_event (msgspec first) agrees with json.loads + validate_event on every input."""
+    rng = random.Random(1)
+    cases = [
+        with_(),
+        with_(context={}),
+        with_(ts=TS_MS),
+        with_(propensity=1),
+        with_(ts=" " + TS_ISO),
+    ]
+    cases += [json.dumps({**VALID, "context": {f"k{i}": i for i in range(16)}}).encode()]
+    cases += [with_(user_id="é" * 128), with_(user_id="é" * 129), with_(user_id="\U0001f600" * 128)]
+    cases += [b'{"event_id":"a","event_id":"b"' + with_()[1:]]  # duplicate key: last wins
+    cases += [_random_bytes(rng) for _ in range(1500)]
+    cases += [json.dumps(_random_obj(rng)).encode() for _ in range(1500)]
+    fast_hits = 0
+    for raw in cases:
+        for mode in ("reject", "ignore"):
+            assert _outcome(raw, mode) == _slow(raw, mode), raw
+            with contextlib.suppress(InvalidEvent):  # a ts out of bounds is judged there
+                fast_hits += _parse_fast(raw, NOW, mode, 300_000) is not None
+    assert fast_hits > 100  # the fast path really decided many of them
