@@ -79,7 +79,63 @@ def _wait_ready(proc: subprocess.Popen[bytes], timeout_s: float) -> threading.Th
     return t
 
 
-def run_ingest_bench(*, events: int, users: int, items: int, store: str) -> dict[str, Any]:
+def _start_workers(
+    stack: ExitStack, env: dict[str, str], workdir: Path, n: int
+) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    """Start n worker processes in one group; return once every one owns partitions."""
+    stats_paths = [workdir / f"stats-{k}.json" for k in range(n)]
+    procs = []
+    for path in stats_paths:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamrec.cli", "worker", "--stats-out", str(path)],
+            env=env,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stderr is not None  # noqa: S101 - set by Popen(stderr=PIPE)
+        stack.callback(proc.stderr.close)  # runs after the stop below (LIFO)
+        stack.callback(stop_process, proc, 5)
+        procs.append(proc)
+    for proc in procs:
+        _wait_ready(proc, 60)
+    return list(zip(procs, stats_paths, strict=True))
+
+
+def _bodies(payloads: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
+    """(key, JSON without its closing brace) per event: serialised before the clock starts."""
+    return [
+        (ev["user_id"].encode(), json.dumps(ev, separators=(",", ":")).encode()[:-1])
+        for ev in payloads
+    ]
+
+
+def _produce(producer: Producer, topic: str, bodies: list[tuple[bytes, bytes]], rate: int) -> None:
+    """Send every event with `ts` stamped at its send time; at `rate` events/s (0: flat out).
+
+    Only the timestamp is serialised here, so the bench's own CPU stays off the 2 cores
+    the broker, Redis and the workers share (a real producer runs elsewhere).
+    """
+    started = time.time()
+    ts_tail = b""
+    for k, (key, body) in enumerate(bodies):
+        if k % 256 == 0:
+            if rate:
+                ahead = started + k / rate - time.time()
+                if ahead > 0:
+                    time.sleep(ahead)
+            ts_tail = b',"ts":%d}' % int(time.time() * 1000)
+            producer.poll(0)
+        value = body + ts_tail
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.005)
+
+
+def run_ingest_bench(
+    *, events: int, users: int, items: int, store: str, workers: int = 1, rate: int = 0
+) -> dict[str, Any]:
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
         stack.callback(shutil.rmtree, workdir, True)
@@ -104,16 +160,9 @@ def run_ingest_bench(*, events: int, users: int, items: int, store: str) -> dict
 
         world = World(WorldParams(users=users, items=items, seed=7))
         log.info("generating %d events", events)
-        payloads = list(world.events(events))
+        bodies = _bodies(list(world.events(events)))  # events come without `ts`
 
-        stats_path = workdir / "stats.json"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamrec.cli", "worker", "--stats-out", str(stats_path)],
-            env=settings_env(settings),
-            stderr=subprocess.PIPE,
-        )
-        stack.callback(stop_process, proc, 5)
-        _wait_ready(proc, 60)
+        running = _start_workers(stack, settings_env(settings), workdir, workers)
 
         producer = Producer(
             {
@@ -127,19 +176,7 @@ def run_ingest_bench(*, events: int, users: int, items: int, store: str) -> dict
         topic = settings.events_topic
         dumps = json.dumps
         started = time.time()
-        now_ms = int(started * 1000)
-        for k, ev in enumerate(payloads):
-            if k % 256 == 0:
-                now_ms = int(time.time() * 1000)
-                producer.poll(0)
-            ev["ts"] = now_ms
-            value = dumps(ev, separators=(",", ":")).encode()
-            while True:
-                try:
-                    producer.produce(topic, value, ev["user_id"].encode())
-                    break
-                except BufferError:
-                    producer.poll(0.005)
+        _produce(producer, topic, bodies, rate)
         markers = {}
         for p in range(PARTITIONS):
             uid = f"bench-marker-{p}"
@@ -166,15 +203,18 @@ def run_ingest_bench(*, events: int, users: int, items: int, store: str) -> dict
             rows = read_features(feast_store, "user", list(markers))
             if all((r["last_seen_ms"] or 0) >= markers[r["user_id"]] for r in rows):
                 break
-            if time.monotonic() > deadline or proc.poll() is not None:
+            if time.monotonic() > deadline or any(p.poll() is not None for p, _ in running):
                 raise StreamrecError("features never became visible; see worker output")
             time.sleep(0.01)
         elapsed = time.time() - started
 
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        stats = json.loads(stats_path.read_text())
-        lags, counts = stats["lags_ms"], stats["counts"]
+        lags, counts = [], []
+        for proc, stats_path in running:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+            stats = json.loads(stats_path.read_text())
+            lags += stats["lags_ms"]
+            counts += stats["counts"]
         return {
             "events": events,
             "events_per_s": round((events + PARTITIONS) / elapsed),
@@ -187,7 +227,8 @@ def run_ingest_bench(*, events: int, users: int, items: int, store: str) -> dict
             "online_store": store,
             "broker": "tansu (embedded)",
             "partitions": PARTITIONS,
-            "workers": 1,
+            "workers": workers,
+            "offered_rate": rate or "flat out",
             "users": users,
             "items": items,
             "cpu_count": os.cpu_count(),

@@ -235,12 +235,19 @@ def bench_ingest(
     users: Annotated[int, typer.Option(help="Simulated users.")] = 20_000,
     items: Annotated[int, typer.Option(help="Simulated items.")] = 5_000,
     store: Annotated[str, typer.Option(help="Online store: redis or sqlite.")] = "redis",
+    workers: Annotated[int, typer.Option(min=1, help="Stream worker processes (one group).")] = 1,
+    rate: Annotated[
+        int, typer.Option(min=0, help="Offered events/s, paced; 0 sends flat out (capacity).")
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Events/s from first produce to last feature visible, and event-to-feature freshness."""
     from benchmarks.ingest import run_ingest_bench
 
-    _print_result(run_ingest_bench(events=events, users=users, items=items, store=store), as_json)
+    result = run_ingest_bench(
+        events=events, users=users, items=items, store=store, workers=workers, rate=rate
+    )
+    _print_result(result, as_json)
 
 
 @bench_app.command("train")

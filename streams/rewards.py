@@ -7,7 +7,9 @@ join table lives in that user's state document (`state["imp"]`), which the batch
 atomically with its offsets. So a crash never loses a pending impression, and a replay
 never credits a click twice.
 
-- an impression adds x xᵀ to the statistics and a 0-label to the River learner;
+- an impression a policy logged (`context.policy`) adds x xᵀ to the statistics and a
+  0-label to the River learner; impressions from other producers have no decision to
+  reward, so they stay plain feature events (and cost the join table nothing);
 - the first click on (request_id, item) within the attribution window adds x to b and
   a 1-label. Later clicks on the same slot, and clicks without a known impression,
   earn nothing (they still count as ordinary click features).
@@ -36,8 +38,11 @@ class RewardJoiner:
         if ev.request_id is None:
             return
         if ev.event_type == "impression":
+            policy = ev.context.get("policy")
+            if not isinstance(policy, str) or not policy:
+                return  # no policy logged this slate: a plain feature event, nothing to reward
+            policy = policy[:32]
             joins = state.setdefault(_JOIN, {})
-            policy = str(ev.context.get("policy", "unknown"))[:32]
             x_text = ev.context.get("x")
             joins[_slot(ev)] = [ev.ts_ms, x_text if isinstance(x_text, str) else "", policy, 0]
             delta.impression(decode_x(x_text), policy)

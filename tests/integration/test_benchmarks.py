@@ -1,0 +1,25 @@
+"""The benchmark commands run end to end at toy sizes (their figures are not asserted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.ingest import run_ingest_bench
+
+
+def test_ingest_bench_with_two_workers_sees_every_marker(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers in one group, paced producer: the run ends only once every partition's
+    last event is readable through Feast, and both workers report freshness."""
+    monkeypatch.setenv("STREAMREC_REDIS_URL", redis_url)
+    result = run_ingest_bench(
+        events=3000, users=200, items=100, store="redis", workers=2, rate=3000
+    )
+    assert result["events"] == 3000 and result["workers"] == 2
+    assert result["events_per_s"] > 0
+    assert (
+        0 <= result["freshness_p50_ms"] <= result["freshness_p99_ms"] <= result["freshness_max_ms"]
+    )
+    assert result["user_rows_written"] >= 200 * 0.5  # most simulated users were written
+    assert result["elapsed_s"] >= 1.0  # 3000 events at 3000/s cannot finish sooner
