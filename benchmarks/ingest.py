@@ -45,10 +45,40 @@ log = logging.getLogger(__name__)
 PARTITIONS = 4
 
 
-def _own_redis(stack: ExitStack, workdir: Path) -> str:
+def _own_redis(stack: ExitStack, workdir: Path) -> tuple[str, int]:
     url, proc = start_redis_server(workdir)
     stack.callback(stop_process, proc)
-    return url
+    return url, proc.pid
+
+
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc; 0 elsewhere)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds per component over the timed window: where the 2 cores went."""
+
+    def __init__(self, pids: dict[str, list[int | None]]) -> None:
+        self._pids = pids
+        self._start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        out = {name: sum(_cpu_s(p) for p in pids) for name, pids in self._pids.items()}
+        t = os.times()
+        out["bench client (producer, Feast poll)"] = t.user + t.system
+        return out
+
+    def split(self, wall_s: float) -> dict[str, float]:
+        """Cores used on average per component (1.0 = one core busy all the time)."""
+        end = self._read()
+        return {k: round((end[k] - self._start[k]) / wall_s, 2) for k in end}
 
 
 def weighted_percentile(values: list[int], weights: list[int], q: float) -> float:
@@ -141,9 +171,10 @@ def run_ingest_bench(
         stack.callback(shutil.rmtree, workdir, True)
         broker = EmbeddedBroker(free_port()).start()
         stack.callback(broker.stop)
-        redis_url = None
-        if store == "redis":
-            redis_url = os.environ.get("STREAMREC_REDIS_URL") or _own_redis(stack, workdir)
+        redis_url = os.environ.get("STREAMREC_REDIS_URL") if store == "redis" else None
+        redis_pid = None  # an outside Redis is not ours to meter
+        if store == "redis" and not redis_url:
+            redis_url, redis_pid = _own_redis(stack, workdir)
         tag = f"{os.getpid()}{int(time.time())}"
         settings = load_settings(
             data_dir=workdir / "data",
@@ -175,6 +206,13 @@ def run_ingest_bench(
         )
         topic = settings.events_topic
         dumps = json.dumps
+        cpu = CpuMeter(
+            {
+                "workers": [p.pid for p, _ in running],
+                "broker (tansu)": [broker.pid],
+                "redis-server": [redis_pid],
+            }
+        )
         started = time.time()
         _produce(producer, topic, bodies, rate)
         markers = {}
@@ -207,6 +245,7 @@ def run_ingest_bench(
                 raise StreamrecError("features never became visible; see worker output")
             time.sleep(0.01)
         elapsed = time.time() - started
+        cores = cpu.split(elapsed)
 
         lags, counts = [], []
         for proc, stats_path in running:
@@ -232,4 +271,5 @@ def run_ingest_bench(
             "users": users,
             "items": items,
             "cpu_count": os.cpu_count(),
+            "cores_used": cores,
         }

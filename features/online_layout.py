@@ -9,6 +9,7 @@ own writer through Feast's own reader.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -65,8 +66,15 @@ def entity_keys(join_key: str, values: Iterable[str], suffix: bytes = b"") -> li
     return out
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _encode_int(value: int) -> bytes:
+    return b"\x20" + _varint(value)  # counts repeat endlessly: cached
+
+
 def encode_value(value: Any) -> bytes:
     """A feast `Value` protobuf for an int, float, str or list of str."""
+    if type(value) is int:
+        return _encode_int(value)
     if isinstance(value, bool):
         return b"\x38" + (b"\x01" if value else b"\x00")
     if isinstance(value, int):

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from streamrec.errors import StoreError
 
 if TYPE_CHECKING:
@@ -98,18 +100,22 @@ def redis_add_counters(pipe: redis.client.Pipeline, ns: str, deltas: dict[str, f
         pipe.hincrbyfloat(key, name, value)
 
 
-def redis_write_board(pipe: redis.client.Pipeline, ns: str, entries: Sequence[BoardEntry]) -> None:
+def redis_board_commands(ns: str, entries: Sequence[BoardEntry]) -> list[list[str | bytes | float]]:
+    """The commands that record entries on the Redis item board (for `redis_wire.run`)."""
     if not entries:
-        return
-    pipe.hset(
-        f"{ns}:board",
-        mapping={
-            e.item_id: json.dumps([e.popularity, e.ctr, e.clicks, e.impressions, e.last_ms])
-            for e in entries
-        },
-    )
-    pipe.zadd(f"{ns}:board:pop", {e.item_id: e.popularity for e in entries})
-    pipe.zadd(f"{ns}:board:first", {e.item_id: e.first_ms for e in entries}, nx=True)
+        return []
+    fields: list[str | bytes | float] = ["HSET", f"{ns}:board"]
+    pop: list[str | bytes | float] = ["ZADD", f"{ns}:board:pop"]
+    first: list[str | bytes | float] = ["ZADD", f"{ns}:board:first", "NX"]
+    encode = _BOARD_ENCODER.encode
+    for e in entries:
+        fields += (e.item_id, encode((e.popularity, e.ctr, e.clicks, e.impressions, e.last_ms)))
+        pop += (e.popularity, e.item_id)
+        first += (e.first_ms, e.item_id)
+    return [fields, pop, first]
+
+
+_BOARD_ENCODER = msgspec.json.Encoder()
 
 
 # --- readers (serving) -------------------------------------------------------------------

@@ -54,13 +54,17 @@ class RedisLayoutWriter:
             return
         ts_field = f"_ts:{view}".encode()
         keys = layout.entity_keys(join_key, [entity for entity, _, _ in rows], self._project)
-        field = self._field
         encode = layout.encode_value
+        names: tuple[str, ...] = ()
+        fields: list[bytes] = []
         commands = []
         for key, (_, values, ts_ms) in zip(keys, rows, strict=True):
+            if tuple(values) != names:  # rows of one view share their names: look up once
+                names = tuple(values)
+                fields = [self._field(view, n) for n in names]
             args: list[bytes] = [b"HSET", key, ts_field, layout.encode_timestamp(ts_ms)]
-            for name, value in values.items():
-                args += (field(view, name), encode(value))
+            for f, value in zip(fields, values.values(), strict=True):
+                args += (f, encode(value))
             commands.append(args)
         redis_wire.run(self._client, commands)
 

@@ -34,7 +34,8 @@ def round_trip(client: redis.Redis, frames: Sequence[bytes] | bytes, n_replies: 
         return []
     pool = client.connection_pool
     conn = pool.get_connection()
-    payload = [frames] if isinstance(frames, bytes) else list(frames)
+    # One buffer, one sendall: redis-py sends each list item with its own syscall.
+    payload = [frames if isinstance(frames, bytes) else b"".join(frames)]
 
     def send_and_read() -> list[Any]:
         conn.send_packed_command(payload)

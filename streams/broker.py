@@ -54,6 +54,11 @@ class EmbeddedBroker:
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process id while it runs (for CPU accounting)."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
         if port_open("127.0.0.1", self.port):
             raise BrokerError(

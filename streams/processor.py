@@ -82,6 +82,10 @@ class FeatureProcessor:
         self._users: dict[str, UserState] = {}
         self._pending: dict[str, tuple[int, int]] = {}  # user -> (oldest ts, events)
         self.freshness = Freshness()
+        # The item board only feeds cold start and trending: written at most once a second.
+        self._board: dict[str, BoardEntry] = {}
+        self._board_due = 0.0
+        self._owner: dict[str, int] = {}  # item -> owner partition (crc32, cached)
 
     # --- ownership ---------------------------------------------------------------------
 
@@ -146,7 +150,12 @@ class FeatureProcessor:
                         counts[f] = counts.get(f, 0) + 1
                 if ev.ts_ms > update.item_last.get(ev.item_id, 0):
                     update.item_last[ev.item_id] = ev.ts_ms
-                dirty_items[owner_partition(ev.item_id, self._partitions)].add(ev.item_id)
+                owner = self._owner.get(ev.item_id)
+                if owner is None:
+                    if len(self._owner) > _MAX_CACHED_USERS:
+                        self._owner.clear()
+                    owner = self._owner[ev.item_id] = owner_partition(ev.item_id, self._partitions)
+                dirty_items[owner].add(ev.item_id)
             for state in update.users.values():
                 prune_user_state(state, self._cfg)
                 if self._rewards is not None:
@@ -174,8 +183,11 @@ class FeatureProcessor:
 
     # --- online rows -------------------------------------------------------------------
 
-    def materialize(self, owned: Iterable[int]) -> int:
-        """Write the dirty entities this worker owns to the online store. Returns rows."""
+    def materialize(self, owned: Iterable[int], *, flush_board: bool = False) -> int:
+        """Write the dirty entities this worker owns to the online store. Returns rows.
+
+        Item board entries are batched and written once a second (or on `flush_board`).
+        """
         written = 0
         for p in owned:
             claimed = self._state.claim_dirty(p)
@@ -194,7 +206,8 @@ class FeatureProcessor:
                 self._writer.write(USER_VIEW, USER_KEY, user_rows)
             if item_rows:
                 self._writer.write(ITEM_VIEW, ITEM_KEY, item_rows)
-                self._state.write_board([_board_entry(i, row, last) for i, row, last in item_rows])
+                for i, row, last in item_rows:
+                    self._board[i] = _board_entry(i, row, last)
             self._state.release_dirty(p, stale)
             now_ms = int(time.time() * 1000)
             for u, _, _ in user_rows:
@@ -206,6 +219,10 @@ class FeatureProcessor:
             written += len(user_rows) + len(item_rows)
             metrics.ROWS.labels(USER_VIEW).inc(len(user_rows))
             metrics.ROWS.labels(ITEM_VIEW).inc(len(item_rows))
+        if self._board and (flush_board or time.monotonic() >= self._board_due):
+            self._state.write_board(list(self._board.values()))
+            self._board.clear()
+            self._board_due = time.monotonic() + 1.0
         return written
 
 

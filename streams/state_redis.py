@@ -139,9 +139,7 @@ class RedisStreamState:
         return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
 
     def write_board(self, entries: list[BoardEntry]) -> None:
-        pipe = self._r.pipeline(transaction=False)
-        online_state.redis_write_board(pipe, self._ns, entries)
-        pipe.execute()
+        redis_wire.run(self._r, online_state.redis_board_commands(self._ns, entries))
 
     def close(self) -> None:
         self._r.close()
