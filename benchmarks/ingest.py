@@ -75,10 +75,17 @@ class CpuMeter:
         out["bench client (producer, Feast poll)"] = t.user + t.system
         return out
 
-    def split(self, wall_s: float) -> dict[str, float]:
-        """Cores used on average per component (1.0 = one core busy all the time)."""
+    def split(self, wall_s: float) -> dict[str, float | None]:
+        """Cores used on average per component (1.0 = one core busy all the time).
+
+        None for a component this bench did not start (an outside Redis)."""
         end = self._read()
-        return {k: round((end[k] - self._start[k]) / wall_s, 2) for k in end}
+        return {
+            k: round((end[k] - self._start[k]) / wall_s, 2)
+            if self._pids.get(k, [0]) != [None]
+            else None
+            for k in end
+        }
 
 
 def weighted_percentile(values: list[int], weights: list[int], q: float) -> float:

@@ -28,7 +28,6 @@ def round_trip(client: redis.Redis, frames: Sequence[bytes] | bytes, n_replies: 
     An error reply raises `redis.ResponseError` after the connection is dropped, so no
     unread reply is ever left for the next caller.
     """
-    import redis
 
     if not n_replies:
         return []
@@ -43,7 +42,7 @@ def round_trip(client: redis.Redis, frames: Sequence[bytes] | bytes, n_replies: 
 
     try:
         return conn.retry.call_with_retry(send_and_read, lambda _err: conn.disconnect())
-    except redis.RedisError:
+    except BaseException:  # an error reply, a dead server, or an interrupt mid-read
         conn.disconnect()  # replies may be left unread on the socket: never reuse it
         raise
     finally:

@@ -252,7 +252,8 @@ def _parse_fast(
         # msgspec skips ignored fields without checking their UTF-8; json.loads does not.
         raw.decode()
         w = _FAST[unknown_fields].decode(raw)
-    except (msgspec.MsgspecError, ValueError):  # UnicodeDecodeError is a ValueError
+    # UnicodeDecodeError is a ValueError; deep nesting in an ignored field recurses.
+    except (msgspec.MsgspecError, ValueError, RecursionError):
         return None
     return Event(
         w.event_id,

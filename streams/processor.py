@@ -82,9 +82,6 @@ class FeatureProcessor:
         self._users: dict[str, UserState] = {}
         self._pending: dict[str, tuple[int, int]] = {}  # user -> (oldest ts, events)
         self.freshness = Freshness()
-        # The item board only feeds cold start and trending: written at most once a second.
-        self._board: dict[str, BoardEntry] = {}
-        self._board_due = 0.0
         self._owner: dict[str, int] = {}  # item -> owner partition (crc32, cached)
 
     # --- ownership ---------------------------------------------------------------------
@@ -183,11 +180,8 @@ class FeatureProcessor:
 
     # --- online rows -------------------------------------------------------------------
 
-    def materialize(self, owned: Iterable[int], *, flush_board: bool = False) -> int:
-        """Write the dirty entities this worker owns to the online store. Returns rows.
-
-        Item board entries are batched and written once a second (or on `flush_board`).
-        """
+    def materialize(self, owned: Iterable[int]) -> int:
+        """Write the dirty entities this worker owns to the online store. Returns rows."""
         written = 0
         for p in owned:
             claimed = self._state.claim_dirty(p)
@@ -206,8 +200,7 @@ class FeatureProcessor:
                 self._writer.write(USER_VIEW, USER_KEY, user_rows)
             if item_rows:
                 self._writer.write(ITEM_VIEW, ITEM_KEY, item_rows)
-                for i, row, last in item_rows:
-                    self._board[i] = _board_entry(i, row, last)
+                self._state.write_board([_board_entry(i, row, last) for i, row, last in item_rows])
             self._state.release_dirty(p, stale)
             now_ms = int(time.time() * 1000)
             for u, _, _ in user_rows:
@@ -219,10 +212,6 @@ class FeatureProcessor:
             written += len(user_rows) + len(item_rows)
             metrics.ROWS.labels(USER_VIEW).inc(len(user_rows))
             metrics.ROWS.labels(ITEM_VIEW).inc(len(item_rows))
-        if self._board and (flush_board or time.monotonic() >= self._board_due):
-            self._state.write_board(list(self._board.values()))
-            self._board.clear()
-            self._board_due = time.monotonic() + 1.0
         return written
 
 

@@ -114,7 +114,7 @@ class StreamWorker:
                 # A fetch may wait this long for data. Kafka answers as soon as there is
                 # any; tansu holds the fetch for the whole wait, so librdkafka's 500 ms
                 # default cost 150-290 ms of event-to-feature freshness (measured).
-                "fetch.wait.max.ms": settings.batch_max_wait_ms,
+                "fetch.wait.max.ms": min(settings.batch_max_wait_ms, 1000),
                 "queued.max.messages.kbytes": 256 * 1024,
             }
         )
@@ -151,7 +151,8 @@ class StreamWorker:
         # Each batch allocates ~100k short-lived containers while the user cache holds
         # millions of long-lived ones: with the default thresholds the cyclic collector
         # rescans that cache many times a second (a third of the worker's time, measured).
-        # Nothing the stream builds forms cycles, so collect rarely instead of often.
+        # Almost nothing it builds forms cycles (a dead letter's traceback does), so
+        # collect rarely instead of often.
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)
         self._consumer.subscribe(
@@ -235,7 +236,7 @@ class StreamWorker:
 
     def _shutdown(self) -> None:
         try:
-            self._processor.materialize(sorted(self._owned), flush_board=True)
+            self._processor.materialize(sorted(self._owned))
             self._archive.flush()
             self._commit_kafka(sync=True)
         finally:

@@ -289,6 +289,7 @@ def test_fast_path_never_changes_the_verdict() -> None:
     cases += [json.dumps({**VALID, "context": {f"k{i}": i for i in range(16)}}).encode()]
     cases += [with_(user_id="é" * 128), with_(user_id="é" * 129), with_(user_id="\U0001f600" * 128)]
     cases += [b'{"event_id":"a","event_id":"b"' + with_()[1:]]  # duplicate key: last wins
+    cases += [with_()[:-1] + b',"zz":' + b"[" * 1000 + b"]" * 1000 + b"}"]  # deep, ignored
     cases += [_random_bytes(rng) for _ in range(1500)]
     cases += [json.dumps(_random_obj(rng)).encode() for _ in range(1500)]
     fast_hits = 0
