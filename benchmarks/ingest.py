@@ -51,10 +51,8 @@ def _own_redis(stack: ExitStack, workdir: Path) -> tuple[str, int]:
     return url, proc.pid
 
 
-def _cpu_s(pid: int | None) -> float:
+def _cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used so far (Linux /proc; 0 elsewhere)."""
-    if pid is None:
-        return 0.0
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -63,29 +61,32 @@ def _cpu_s(pid: int | None) -> float:
 
 
 class CpuMeter:
-    """CPU seconds per component over the timed window: where the 2 cores went."""
+    """CPU seconds per component over the timed window: where the 2 cores went.
 
-    def __init__(self, pids: dict[str, list[int | None]]) -> None:
-        self._pids = pids
+    A component without a process of this bench's own (an outside Redis) reads None.
+    """
+
+    def __init__(self, pids: dict[str, int | list[int] | None]) -> None:
+        self._pids = {
+            name: [p] if isinstance(p, int) else p for name, p in pids.items() if p is not None
+        }
+        self._names = list(pids)
         self._start = self._read()
 
     def _read(self) -> dict[str, float]:
         out = {name: sum(_cpu_s(p) for p in pids) for name, pids in self._pids.items()}
         t = os.times()
-        out["bench client (producer, Feast poll)"] = t.user + t.system
+        out[_CLIENT] = t.user + t.system
         return out
 
     def split(self, wall_s: float) -> dict[str, float | None]:
-        """Cores used on average per component (1.0 = one core busy all the time).
-
-        None for a component this bench did not start (an outside Redis)."""
+        """Cores used on average per component (1.0 = one core busy all the time)."""
         end = self._read()
-        return {
-            k: round((end[k] - self._start[k]) / wall_s, 2)
-            if self._pids.get(k, [0]) != [None]
-            else None
-            for k in end
-        }
+        used = {k: round((end[k] - self._start[k]) / wall_s, 2) for k in end}
+        return {k: used.get(k) for k in [*self._names, _CLIENT]}
+
+
+_CLIENT = "bench client (producer, Feast poll)"
 
 
 def weighted_percentile(values: list[int], weights: list[int], q: float) -> float:
@@ -216,8 +217,8 @@ def run_ingest_bench(
         cpu = CpuMeter(
             {
                 "workers": [p.pid for p, _ in running],
-                "broker (tansu)": [broker.pid],
-                "redis-server": [redis_pid],
+                "broker (tansu)": broker.pid,
+                "redis-server": redis_pid,
             }
         )
         started = time.time()

@@ -100,6 +100,9 @@ def redis_add_counters(pipe: redis.client.Pipeline, ns: str, deltas: dict[str, f
         pipe.hincrbyfloat(key, name, value)
 
 
+_BOARD_ENCODER = msgspec.json.Encoder()
+
+
 def redis_board_commands(ns: str, entries: Sequence[BoardEntry]) -> list[list[str | bytes | float]]:
     """The commands that record entries on the Redis item board (for `redis_wire.run`)."""
     if not entries:
@@ -113,9 +116,6 @@ def redis_board_commands(ns: str, entries: Sequence[BoardEntry]) -> list[list[st
         pop += (e.popularity, e.item_id)
         first += (e.first_ms, e.item_id)
     return [fields, pop, first]
-
-
-_BOARD_ENCODER = msgspec.json.Encoder()
 
 
 # --- readers (serving) -------------------------------------------------------------------

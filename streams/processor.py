@@ -82,7 +82,6 @@ class FeatureProcessor:
         self._users: dict[str, UserState] = {}
         self._pending: dict[str, tuple[int, int]] = {}  # user -> (oldest ts, events)
         self.freshness = Freshness()
-        self._owner: dict[str, int] = {}  # item -> owner partition (crc32, cached)
 
     # --- ownership ---------------------------------------------------------------------
 
@@ -147,12 +146,7 @@ class FeatureProcessor:
                         counts[f] = counts.get(f, 0) + 1
                 if ev.ts_ms > update.item_last.get(ev.item_id, 0):
                     update.item_last[ev.item_id] = ev.ts_ms
-                owner = self._owner.get(ev.item_id)
-                if owner is None:
-                    if len(self._owner) > _MAX_CACHED_USERS:
-                        self._owner.clear()
-                    owner = self._owner[ev.item_id] = owner_partition(ev.item_id, self._partitions)
-                dirty_items[owner].add(ev.item_id)
+                dirty_items[owner_partition(ev.item_id, self._partitions)].add(ev.item_id)
             for state in update.users.values():
                 prune_user_state(state, self._cfg)
                 if self._rewards is not None:

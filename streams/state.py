@@ -16,6 +16,7 @@ Exactly-once effect on top of at-least-once Kafka delivery rests on three things
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ def decode_user_state(blob: bytes | str) -> UserState:
     return state
 
 
+@functools.lru_cache(maxsize=1 << 16)  # called per event; items repeat endlessly
 def owner_partition(item_id: str, partitions: int) -> int:
     """The partition whose worker writes this item's feature row (stable across processes)."""
     return zlib.crc32(item_id.encode()) % partitions
