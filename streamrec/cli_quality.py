@@ -181,7 +181,8 @@ def drift_watch(
 ) -> None:
     """Check drift every INTERVAL seconds, export gauges, and retrain or recommend on drift."""
     from models.registry import Registry
-    from offline.drift import check, load_drift_config, retrain_trigger
+    from offline.drift import check, load_drift_config
+    from offline.drift_actions import retrain_trigger
     from offline.drift_report import write_outputs
 
     s = get_settings()

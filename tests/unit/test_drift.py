@@ -18,9 +18,7 @@ from models.registry import Registry
 from offline.archive import write_events
 from offline.drift import (
     DriftConfig,
-    DriftGauges,
     DriftResult,
-    act,
     build_reference,
     check,
     compare_feature,
@@ -28,9 +26,9 @@ from offline.drift import (
     load_drift_config,
     load_reference,
     psi,
-    retrain_trigger,
     save_training_reference,
 )
+from offline.drift_actions import DriftGauges, act, retrain_trigger
 from offline.drift_features import Features, window_features
 from offline.drift_report import write_outputs
 from offline.simulate import history_frame
