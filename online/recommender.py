@@ -167,8 +167,9 @@ class Recommender:
         try:
             if user is None:  # cold start: trending and new items, explored by the bandit
                 hits = [(e.item_id, 0.0) for e in view.hot if e.item_id not in skip][:n]
-                if not hits:
-                    hits = [(i, 0.0) for i in snap.popular if i not in skip][:n]
+                if len(hits) < req.k:  # a young board: top up from the model's popular items
+                    pool = dict.fromkeys([*(i for i, _ in hits), *snap.popular])
+                    hits = [(i, 0.0) for i in pool if i not in skip][:n]
             else:
                 columns = {f: np.asarray([user[f] or 0], dtype=np.int64) for f in _NUMERIC_USER}
                 vec = snap.user_vector(req.user_id, recent, columns, now_ms)

@@ -259,3 +259,24 @@ def test_cold_users_get_trending_items_and_new_items_win_exploration_slots(
         assert 0 < shown_new < 200  # explored, not always forced in
     finally:
         services.stop()
+
+
+def test_a_cold_user_gets_k_items_while_the_board_knows_only_one(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    settings = load_settings(data_dir=tmp_path / "d", api_auth="off", refresh_s=3600)
+    shutil.copytree(data_dir / "registry", settings.registry_dir)
+    shutil.copytree(data_dir / "feature_repo", settings.feature_repo_dir)
+    now = int(time.time() * 1000)
+    state = SqliteStreamState(state_db_path(settings))
+    state.write_board([BoardEntry("i7", 3.0, 0.05, 1.0, 10.0, now, now)])
+    state.close()
+    services = build_services(settings, kafka=False)
+    services.start()
+    try:
+        answer = services.recommender.recommend(RecRequest("cold-user", 10))
+        items = [i.item_id for i in answer.items]
+        assert not answer.degraded and len(items) == len(set(items)) == 10
+        assert set(items) - {"i7"}  # topped up from the model's popular items
+    finally:
+        services.stop()
