@@ -25,8 +25,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from online import metrics
+from online.fast_route import CONTEXT_CHARS, answer_body, try_fast
 from online.recommender import RecRequest
 from online.schemas import (
     ErrorBody,
@@ -45,7 +47,6 @@ from streamrec.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-_CONTEXT_CHARS = 64
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or wrong X-API-Key."},
     413: {"model": ErrorBody, "description": "Too many events or too large a body."},
@@ -58,7 +59,7 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> JS
     return JSONResponse(body, status_code=status)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:  # async: no thread hop per request
     services: Services = request.app.state.services
     return services
 
@@ -74,6 +75,14 @@ def require_key(
 
 
 AuthDep = Depends(require_key)
+
+
+class StreamrecAPI(FastAPI):
+    """FastAPI, with clean recommendation GETs answered first by `online.fast_route`."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not await try_fast(self, scope, send):
+            await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -95,7 +104,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             if owned:
                 await run_in_threadpool(svc.stop)
 
-    app = FastAPI(
+    app = StreamrecAPI(
         title="streamrec",
         version="1",
         summary="Real-time recommendations with bandit reranking, and event ingest.",
@@ -154,9 +163,9 @@ def _routes(app: FastAPI) -> None:
         user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS)],
         k: Annotated[int, Query(ge=1, le=1000, description="How many items (≤ max_k).")] = 10,
         exclude_seen: Annotated[bool, Query(description="Skip recently seen items.")] = True,
-        device: Annotated[str | None, Query(max_length=_CONTEXT_CHARS)] = None,
-        page: Annotated[str | None, Query(max_length=_CONTEXT_CHARS)] = None,
-        surface: Annotated[str | None, Query(max_length=_CONTEXT_CHARS)] = None,
+        device: Annotated[str | None, Query(max_length=CONTEXT_CHARS)] = None,
+        page: Annotated[str | None, Query(max_length=CONTEXT_CHARS)] = None,
+        surface: Annotated[str | None, Query(max_length=CONTEXT_CHARS)] = None,
         policy: Annotated[
             Literal["thompson", "greedy", "random"] | None,
             Query(description="Override the configured reranking policy."),
@@ -172,20 +181,7 @@ def _routes(app: FastAPI) -> None:
         req = RecRequest(user_id, k, context, exclude_seen, policy)
         answer = services.recommender.recommend(req)
         metrics.REQUESTS.labels("recommendations", "degraded" if answer.degraded else "ok").inc()
-        return JSONResponse(
-            {
-                "request_id": answer.request_id,
-                "user_id": answer.user_id,
-                "items": [
-                    {"item_id": i.item_id, "score": i.score, "propensity": i.propensity}
-                    for i in answer.items
-                ],
-                "model_version": answer.model_version,
-                "policy": answer.policy,
-                "degraded": answer.degraded,
-                "reason": answer.reason,
-            }
-        )
+        return JSONResponse(answer_body(answer))
 
     @app.post(
         "/v1/events",

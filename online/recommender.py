@@ -19,6 +19,7 @@ import numpy as np
 
 from features.aggregates import USER_FEATURES
 from features.online_reader import OnlineReader
+from features.online_state import BoardEntry
 from models.bandit import (
     FEATURE_NAMES,
     SERVING_PRIOR_MEAN,
@@ -28,10 +29,10 @@ from models.bandit import (
     make_policy,
 )
 from models.bandit_state import encode_x
-from models.data import FIRST_ITEM
+from models.data import FIRST_ITEM, UNKNOWN
 from online import metrics
 from online.experiments import ExperimentsConfig, active_experiments, route
-from online.live import LiveState, LiveView
+from online.live import BoardByCode, LiveState, LiveView
 from online.outbox import Outbox
 from online.snapshot import ModelSnapshot, SnapshotHolder
 from streamrec.errors import StoreError
@@ -101,6 +102,7 @@ class Recommender:
         self._cached_view: LiveView | None = None
         self._policies: dict[tuple[str, float], Policy] = {}
         self._new_items_of: dict[str, list[str]] = {}  # model version -> unknown new items
+        self._board_cache: tuple[dict[str, BoardEntry], ModelSnapshot, BoardByCode] | None = None
         self.blocked: frozenset[str] = frozenset()
 
     # --- policies ----------------------------------------------------------------------
@@ -161,35 +163,51 @@ class Recommender:
         if user and user.get("last_seen_ms"):
             metrics.FEATURE_AGE.observe(max(now_ms - int(user["last_seen_ms"]), 0) / 1000)
         seen = set(recent) if req.exclude_seen else set()
-        anchor = snap.anchor(recent)
+        recent_codes = snap.codes(recent[: snap.recent_items])
+        anchor = snap.anchor(recent_codes)
         skip = seen | self.blocked
         n = self._s.candidates
         try:
             if user is None:  # cold start: trending and new items, explored by the bandit
-                hits = [(e.item_id, 0.0) for e in view.hot if e.item_id not in skip][:n]
-                if len(hits) < req.k:  # a young board: top up from the model's popular items
-                    pool = dict.fromkeys([*(i for i, _ in hits), *snap.popular])
-                    hits = [(i, 0.0) for i in pool if i not in skip][:n]
+                ids = [e.item_id for e in view.hot if e.item_id not in skip][:n]
+                if len(ids) < req.k:  # a young board: top up from the model's popular items
+                    pool = dict.fromkeys([*ids, *snap.popular])
+                    ids = [i for i in pool if i not in skip][:n]
+                codes = snap.codes(ids)
+                scores = np.zeros(len(ids))
             else:
                 columns = {f: np.asarray([user[f] or 0], dtype=np.int64) for f in _NUMERIC_USER}
-                vec = snap.user_vector(req.user_id, recent, columns, now_ms)
+                vec = snap.user_vector(req.user_id, recent_codes, columns, now_ms)
                 query = snap.query(vec, anchor)
                 t = _timed("user_tower", t)
                 # Over-fetch and filter here: cheaper than the index's per-query exclusion.
-                fetched = snap.index.search(query[None, :], n + len(skip))[0]
-                hits = [h for h in fetched if h[0] not in skip][:n]
+                got, rows = snap.index.search_rows(query[None, :], n + len(skip))
+                rows, got = rows[0], got[0]
+                if not (rows >= 0).all():
+                    got, rows = got[rows >= 0], rows[rows >= 0]
+                ids = snap.row_ids[rows].tolist()
+                if skip:
+                    keep = [j for j, i in enumerate(ids) if i not in skip][:n]
+                    ids = [ids[j] for j in keep]
+                    rows, got = rows[keep], got[keep]
+                ids, rows = ids[:n], rows[:n]
+                codes = snap.row_codes[rows]
+                scores = got[:n].astype(np.float64)
                 t = _timed("retrieve", t)
         except Exception:  # a broken model must not fail the request
             log.exception("model path failed for %s; answering from popularity", snap.version)
             return self._fallback(req, request_id, view, snap, now_ms, "model_error", t0)
-        ids = [i for i, _ in hits if i not in self.blocked]
-        scores = [s for i, s in hits if i not in self.blocked]
         have = set(ids)
-        for item in self._new_items(view, snap)[: max(1, int(n * _NEW_ITEM_SHARE))]:
-            if item not in have and item not in skip:
-                ids.append(item)
-                scores.append(0.0)
-        cands = self._candidates(ids, np.asarray(scores), anchor, snap, view, now_ms)
+        extra = [
+            item
+            for item in self._new_items(view, snap)[: max(1, int(n * _NEW_ITEM_SHARE))]
+            if item not in have and item not in skip
+        ]
+        if extra:  # items the model does not know: no code, no retrieval score
+            ids = ids + extra
+            codes = np.concatenate([codes, np.full(len(extra), UNKNOWN, dtype=np.int64)])
+            scores = np.concatenate([scores, np.zeros(len(extra))])
+        cands = self._candidates(ids, codes, scores, anchor, snap, view, now_ms)
         name = req.policy or self._s.bandit_policy
         exploration = self._s.exploration if req.exploration is None else req.exploration
         rng = np.random.default_rng(int(request_id[:16], 16))
@@ -203,6 +221,14 @@ class Recommender:
         _timed("publish", t)
         _timed("total", t0)
         return RecAnswer(request_id, req.user_id, items, snap.version, name, degraded=False)
+
+    def _board(self, view: LiveView, snap: ModelSnapshot) -> BoardByCode:
+        """The board indexed by this model's codes (rebuilt when either changes)."""
+        cached = self._board_cache
+        if cached is None or cached[0] is not view.by_id or cached[1] is not snap:
+            cached = (view.by_id, snap, BoardByCode.build(view.by_id, snap.codes))
+            self._board_cache = cached
+        return cached[2]
 
     def _new_items(self, view: LiveView, snap: ModelSnapshot) -> list[str]:
         """Items the stream saw recently that the serving model does not know (cached)."""
@@ -218,6 +244,7 @@ class Recommender:
     def _candidates(
         self,
         ids: list[str],
+        codes: np.ndarray,
         scores: np.ndarray,
         anchor: np.ndarray | None,
         snap: ModelSnapshot,
@@ -227,16 +254,22 @@ class Recommender:
         """Bandit features of each candidate: live board values for hot and new items,
         the model's training-time statistics for the long tail."""
         n = len(ids)
-        codes = snap.codes(ids) if n else np.zeros(0, dtype=np.int64)
         known = codes >= FIRST_ITEM
         ctr = np.where(known, snap.item_ctr[codes], self._s.ctr_prior)
         pop = np.where(known, snap.item_popularity[codes], 0.0)
         clicks = np.where(known, snap.item_clicks[codes], 0.0)
         imps = np.where(known, snap.item_impressions[codes], 0.0)
         first = np.zeros(n)
-        by_id = view.by_id
-        for j, item in enumerate(ids):
-            e = by_id.get(item)
+        board = self._board(view, snap)
+        on_board, at = board.find(codes)
+        ctr[on_board], pop[on_board], first[on_board] = (
+            board.ctr[at],
+            board.popularity[at],
+            board.first_ms[at],
+        )
+        clicks[on_board], imps[on_board] = board.clicks[at], board.impressions[at]
+        for j in np.flatnonzero(~known).tolist():  # new items: by id
+            e = view.by_id.get(ids[j])
             if e is not None:
                 ctr[j], pop[j], first[j] = e.ctr, e.popularity, e.first_ms
                 clicks[j], imps[j] = e.clicks, e.impressions

@@ -86,19 +86,26 @@ class ModelSnapshot:
     item_clicks: np.ndarray
     item_impressions: np.ndarray
     user_tower: NumpyUserTower
+    # The index's rows as the request path needs them: item ids (an object array, so a
+    # fetch's ids are one fancy-index) and vocabulary codes (for the statistics above).
+    row_ids: np.ndarray
+    row_codes: np.ndarray
 
     def user_vector(
-        self, user_id: str, recent_items: Sequence[str], columns: dict[str, np.ndarray], now_ms: int
+        self, user_id: str, recent_codes: np.ndarray, columns: dict[str, np.ndarray], now_ms: int
     ) -> np.ndarray:
-        """float32 [D]: the user tower on the user's live features (same transform as training)."""
-        seq = self.vocab.lookup(list(recent_items[: self.recent_items]))
+        """float32 [D]: the user tower on the user's live features (same transform as training).
+
+        `recent_codes`: vocabulary codes of the user's recent items, newest first (`codes`).
+        """
+        seq = recent_codes[: self.recent_items]
         dense = user_dense(columns, now_ms)[0]
         bucket = int(hash_ids([user_id], int(self.model.config.user_buckets))[0])
         return self.user_tower(bucket, seq, dense)
 
-    def anchor(self, recent_items: Sequence[str]) -> np.ndarray | None:
+    def anchor(self, recent_codes: np.ndarray) -> np.ndarray | None:
         """Unit mean vector of the user's last three known items ("what they just did")."""
-        recent = self.vocab.lookup(list(recent_items[:3]))
+        recent = recent_codes[:3]
         recent = recent[recent >= FIRST_ITEM]
         if not len(recent):
             return None
@@ -172,6 +179,8 @@ def load_snapshot(registry: Registry, name: str | None = None) -> ModelSnapshot:
         item_clicks=np.expm1(dense[:, _CLICKS]),
         item_impressions=np.expm1(dense[:, _IMPRESSIONS]),
         user_tower=NumpyUserTower(model),
+        row_ids=np.asarray(index.item_ids, dtype=object),
+        row_codes=vocab.lookup(index.item_ids),
     )
 
 

@@ -27,16 +27,10 @@ def serve(
     Loads the registry's current model and index, reads features from the online store,
     reranks with the bandit, and logs impressions to Kafka. Newly published models are
     picked up within STREAMREC_RELOAD_POLL_S (or at once via POST /v1/admin/reload).
+    With several workers each process listens on its own SO_REUSEPORT socket (Linux), so
+    the kernel spreads connections across them evenly.
     """
-    import uvicorn
+    from online.server import serve_processes
 
     s = get_settings()
-    uvicorn.run(
-        "online.app:app_from_settings",
-        factory=True,
-        workers=workers,
-        host=host or s.api_host,
-        port=port or s.api_port,
-        log_level=s.log_level.lower(),
-        access_log=False,
-    )
+    serve_processes(host or s.api_host, port or s.api_port, workers, s.log_level.lower())
