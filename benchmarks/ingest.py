@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Producer
 
+from benchmarks.cpu import CpuMeter
 from features.online_reader import read_features
 from features.repo import apply
 from streamrec.errors import StreamrecError
@@ -49,44 +50,6 @@ def _own_redis(stack: ExitStack, workdir: Path) -> tuple[str, int]:
     url, proc = start_redis_server(workdir)
     stack.callback(stop_process, proc)
     return url, proc.pid
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """CPU seconds per component over the timed window: where the 2 cores went.
-
-    A component without a process of this bench's own (an outside Redis) reads None.
-    """
-
-    def __init__(self, pids: dict[str, int | list[int] | None]) -> None:
-        self._pids = {
-            name: [p] if isinstance(p, int) else p for name, p in pids.items() if p is not None
-        }
-        self._names = list(pids)
-        self._start = self._read()
-
-    def _read(self) -> dict[str, float]:
-        out = {name: sum(_cpu_s(p) for p in pids) for name, pids in self._pids.items()}
-        t = os.times()
-        out[_CLIENT] = t.user + t.system
-        return out
-
-    def split(self, wall_s: float) -> dict[str, float | None]:
-        """Cores used on average per component (1.0 = one core busy all the time)."""
-        end = self._read()
-        used = {k: round((end[k] - self._start[k]) / wall_s, 2) for k in end}
-        return {k: used.get(k) for k in [*self._names, _CLIENT]}
-
-
-_CLIENT = "bench client (producer, Feast poll)"
 
 
 def weighted_percentile(values: list[int], weights: list[int], q: float) -> float:
@@ -219,7 +182,8 @@ def run_ingest_bench(
                 "workers": [p.pid for p, _ in running],
                 "broker (tansu)": broker.pid,
                 "redis-server": redis_pid,
-            }
+            },
+            client="bench client (producer, Feast poll)",
         )
         started = time.time()
         _produce(producer, topic, bodies, rate)

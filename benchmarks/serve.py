@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import uvloop  # the client's event loop: libuv costs the shared cores less than asyncio's
 
+from benchmarks.cpu import CpuMeter, children
 from streamrec.settings import Settings, load_settings
 
 
@@ -205,11 +206,16 @@ def run_serve_bench(
                 gc.freeze()
                 # warm-up: let the allocator, FAISS and the JIT-free paths settle
                 uvloop.run(_client("127.0.0.1", port, users, rate, 2.0, concurrency, k))
+                cpu = CpuMeter(
+                    {"api": children(proc.pid) or proc.pid, "broker (tansu)": broker.pid},
+                    client="bench client",
+                )
                 started = time.monotonic()
                 lat, errors, degraded, total = uvloop.run(
                     _client("127.0.0.1", port, users, rate, seconds, concurrency, k)
                 )
                 wall = time.monotonic() - started
+                used = cpu.used()
                 server = _server_stages(port)
             finally:
                 stop_process(proc, 10)
@@ -230,6 +236,10 @@ def run_serve_bench(
         "error_rate": round(errors / max(total, 1), 6),
         "degraded_rate": round(degraded / max(total, 1), 6),
         "server_mean_ms": server,
+        # API CPU per answered request, all server processes together: the figure that
+        # decides how close to saturation the cores run (less noisy than latency).
+        "api_cpu_ms_per_request": round(1000 * (used["api"] or 0.0) / max(len(lat), 1), 3),
+        "cores_used": {k: None if v is None else round(v / wall, 2) for k, v in used.items()},
         "model": f"{version} (random-init weights; latency only)",
         "setup_s": round(setup_s, 1),
         "cpus": os.cpu_count(),

@@ -1,4 +1,4 @@
-"""FAISS backend: exact flat, IVF-Flat or HNSW, inner product, on CPU or a FAISS GPU.
+"""FAISS backend: exact flat, IVF (fp16 or float32 lists) or HNSW, inner product, CPU or GPU.
 
 A GPU is used when the installed faiss has GPU support (`faiss-gpu`) and
 `faiss.get_num_gpus() > 0`. HNSW has no GPU version, so it always runs on CPU. The GPU
@@ -80,9 +80,18 @@ class FaissBackend:
             index.hnsw.efSearch = config.hnsw_ef_search
         elif kind == "ivf":
             nlist = config.nlist_for(n)
-            index = faiss.IndexIVFFlat(
-                faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT
-            )
+            if config.ivf_storage == "fp16":
+                index = faiss.IndexIVFScalarQuantizer(
+                    faiss.IndexFlatIP(dim),
+                    dim,
+                    nlist,
+                    faiss.ScalarQuantizer.QT_fp16,
+                    faiss.METRIC_INNER_PRODUCT,
+                )
+            else:
+                index = faiss.IndexIVFFlat(
+                    faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT
+                )
             index.cp.seed = config.seed
             rng = np.random.default_rng(config.seed)
             n_train = min(n, nlist * config.ivf_train_per_list)
@@ -106,7 +115,7 @@ class FaissBackend:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
             raise ArtifactError(f"Unable to read the faiss index at '{path}': {exc}") from exc
-        expected = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSW}
+        expected = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVF, "hnsw": faiss.IndexHNSW}
         if kind not in expected or not isinstance(index, expected[kind]):
             raise ArtifactError(
                 f"'{path}' holds a {type(index).__name__}, but index.json says kind {kind!r}. "
@@ -168,7 +177,10 @@ class FaissBackend:
 
     def params(self) -> dict[str, Any]:
         if self._kind == "ivf":
-            return {"nlist": int(self._cpu_index.nlist), "nprobe": self.effort}
+            storage = (
+                "fp16" if isinstance(self._cpu_index, faiss.IndexIVFScalarQuantizer) else "flat"
+            )
+            return {"nlist": int(self._cpu_index.nlist), "nprobe": self.effort, "storage": storage}
         if self._kind == "hnsw":
             hnsw = self._cpu_index.hnsw
             return {

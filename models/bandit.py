@@ -171,7 +171,7 @@ class ThompsonPolicy:
         W = cands.x[keep].copy()
         W[:, CTR] = 0.0
         theta = mean + self.exploration * rng.standard_normal((self.samples, D)) @ chol.T
-        ctr = rng.beta(a[keep], b[keep], size=(self.samples, keep.size))
+        ctr = _beta_draws(a[keep], b[keep], self.samples, rng)
         scores = theta @ W.T + ctr * theta[:, CTR, None] + cands.offsets[keep]
         # Row 0 is the draw acted on. Its j-th item is "at position j" in row s when its
         # score there equals row s's j-th best (a partition by value is much cheaper than
@@ -309,17 +309,34 @@ def beta_params(
     return a, b
 
 
-def _beta_quantile(a: np.ndarray, b: np.ndarray, z: float) -> np.ndarray:
+def _beta_quantile(a: np.ndarray, b: np.ndarray, z: float | np.ndarray) -> np.ndarray:
     """Beta(a, b) quantile at z standard-normal sd, by Paulson's cube-root approximation of
-    the F distribution (a/b * F(2a, 2b) is the odds); errs outward in the tails."""
+    the F distribution (a/b * F(2a, 2b) is the odds); errs outward in the tails. `z` is a
+    number or an array broadcasting against a and b."""
     c1, c2 = 2.0 / (18.0 * a), 2.0 / (18.0 * b)
     p, q = 1.0 - c2, 1.0 - c1
-    quad = p * p - z * z * c2
-    disc = np.maximum(p * p * q * q - quad * (q * q - z * z * c1), 0.0)
+    z2 = np.square(z)
+    quad = p * p - z2 * c2
+    disc = np.maximum(p * p * q * q - quad * (q * q - z2 * c1), 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        f = np.maximum((p * q + np.sign(z) * np.sqrt(disc)) / quad, 0.0) ** 3
+        f = np.maximum((p * q + np.copysign(np.sqrt(disc), z)) / quad, 0.0) ** 3
         x = a * f / (a * f + b)
-    return np.where(quad > 0, x, 1.0 if z > 0 else 0.0)
+    return np.where(quad > 0, x, np.greater(z, 0).astype(np.float64))
+
+
+def _beta_draws(a: np.ndarray, b: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """[samples, n] draws of each item's CTR from Beta(a, b).
+
+    With a, b >= 1 (always, under the default prior of 1 click in 20 impressions) a draw is
+    the Paulson quantile of a standard normal: one normal per draw, about half the cost of
+    numpy's gamma-ratio Beta sampler, and the same approximation the shortlist bounds use,
+    so a draw within 5 sd never leaves the range the shortlist allowed. Measured against
+    exact Beta: Kolmogorov-Smirnov distance 0.012 at Beta(1, 19), <= 0.004 from a = 2 on.
+    Smaller shapes, where the approximation degrades, are drawn exactly.
+    """
+    if a.size and (a.min() < 1.0 or b.min() < 1.0):
+        return rng.beta(a, b, size=(samples, a.size))
+    return _beta_quantile(a, b, rng.standard_normal((samples, a.size)))
 
 
 def _slate_size(cands: Candidates, k: int) -> int:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType, TracebackType
 
 import uvicorn
@@ -83,6 +85,20 @@ def bind_reuseport(host: str, port: int) -> socket.socket:
     return sock
 
 
+def own_metrics() -> None:
+    """Keep prometheus_client in its plain in-process mode in this process and its children.
+
+    Importing `feast.metrics` exports PROMETHEUS_MULTIPROC_DIR (a temp dir of its own)
+    when unset, which switches prometheus_client, in every process started afterwards,
+    to file-backed values: each update then takes a lock, checks the pid and writes an
+    mmap (about 8 % of a recommendation's CPU, measured). Each API process exposes its
+    own /metrics, so that mode buys nothing here; a directory the operator set is kept.
+    """
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR"):
+        if Path(os.environ.get(name, "/")).name.startswith("feast_metrics_"):
+            del os.environ[name]
+
+
 def _run_worker(sock: socket.socket, log_level: str) -> None:
     config = uvicorn.Config(
         APP_FACTORY, factory=True, log_level=log_level, access_log=False, lifespan="on"
@@ -92,6 +108,7 @@ def _run_worker(sock: socket.socket, log_level: str) -> None:
 
 def serve_processes(host: str, port: int, workers: int, log_level: str) -> None:
     """Run `workers` API processes until SIGINT/SIGTERM; a process that dies is restarted."""
+    own_metrics()
     if workers == 1 or not reuseport_supported():
         uvicorn.run(
             APP_FACTORY,

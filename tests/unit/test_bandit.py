@@ -22,6 +22,7 @@ from models.bandit import (
     Policy,
     RandomPolicy,
     ThompsonPolicy,
+    _beta_draws,
     _beta_quantile,
     make_policy,
 )
@@ -222,6 +223,21 @@ def test_beta_quantile_is_a_tail_bound(a: float, b: float) -> None:
         assert frac <= tail * 1.2, (z, frac)
         if z > 0:
             assert frac >= tail / 4, (z, frac)
+
+
+@pytest.mark.parametrize(("a", "b"), [(1.0, 19.0), (2.0, 80.0), (30.0, 600.0), (0.3, 5.7)])
+def test_ctr_draws_follow_the_beta_posterior(a: float, b: float) -> None:
+    """Thompson's CTR draws (Paulson quantiles of normals for a, b >= 1; exact Beta below)
+    against numpy's exact Beta sampler: two-sample Kolmogorov-Smirnov distance."""
+    rng = np.random.default_rng(3)
+    got = _beta_draws(np.full(4, a), np.full(4, b), 20_000, rng).ravel()
+    exact = np.sort(rng.beta(a, b, size=got.size))
+    grid = np.sort(np.concatenate([got, exact]))
+    gap = np.abs(
+        np.searchsorted(np.sort(got), grid, "right") - np.searchsorted(exact, grid, "right")
+    )
+    assert gap.max() / got.size < 0.02
+    assert got.mean() == pytest.approx(a / (a + b), rel=0.02)
 
 
 def test_thompson_without_exploration_ranks_by_posterior_mean() -> None:

@@ -222,7 +222,8 @@ def test_ids_map_back_to_the_planted_item(approx, flat, small, big, kind):
     hits = index.search(data[rows], 3)
     for row, hit in zip(rows, hits, strict=True):
         assert hit[0][0] == index.item_ids[row] == ids_for(len(data))[row]
-        assert hit[0][1] == pytest.approx(1.0, abs=1e-5)
+        # IVF lists hold fp16 vectors by default: scores carry fp16 rounding (~1e-4).
+        assert hit[0][1] == pytest.approx(1.0, abs=1e-3 if kind == "ivf" else 1e-5)
 
 
 def test_exclusion_removes_the_ids_and_still_returns_k_exact_answers(flat, small):
@@ -244,7 +245,12 @@ def test_exclusion_of_nearly_everything_widens_to_an_exhaustive_search(kind):
     data = clustered(2000, 16, seed=9, clusters=20)
     ids = ids_for(len(data))
     cfg = IndexConfig(
-        kind=kind, ivf_nprobe=1, hnsw_ef_search=16, tune_search=False, recall_sample_queries=20
+        kind=kind,
+        ivf_nprobe=1,
+        ivf_storage="flat",  # exact scores: the order below is compared with exact search
+        hnsw_ef_search=16,
+        tune_search=False,
+        recall_sample_queries=20,
     )
     index = build_index(data, ids, cfg)
     q = clustered(3, 16, seed=10, clusters=20)
