@@ -42,8 +42,13 @@ CREATE TABLE IF NOT EXISTS board (item_id TEXT PRIMARY KEY, popularity REAL NOT 
                                   ctr REAL NOT NULL, clicks REAL NOT NULL,
                                   impressions REAL NOT NULL, last_ms INTEGER NOT NULL,
                                   first_ms INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS board_pop ON board (popularity);
-CREATE INDEX IF NOT EXISTS board_first ON board (first_ms);
+-- In the readers' exact ORDER BY (ties broken by item id), so a top-n read walks n index
+-- entries; single-column indexes left SQLite sorting every tied row (a board whose items
+-- share first_ms: 20 ms per read of 20k rows, stalling serving every board refresh).
+DROP INDEX IF EXISTS board_pop;
+DROP INDEX IF EXISTS board_first;
+CREATE INDEX IF NOT EXISTS board_pop_id ON board (popularity DESC, item_id);
+CREATE INDEX IF NOT EXISTS board_first_id ON board (first_ms DESC, item_id);
 """
 
 

@@ -97,12 +97,13 @@ class Recommender:
         self._features = features
         self._live = live
         self._impressions = impressions
-        # Per live view (its parameters): policies built and new items found. Holding the
-        # view itself (not its id(), which a later object may reuse) keys the caches.
+        # Caches keyed by the objects they derive from, held (not their id(), which a
+        # later object may reuse): policies per live view (its bandit parameters, every
+        # refresh); the board by code and the model's unknown new items per board and model.
         self._cached_view: LiveView | None = None
         self._policies: dict[tuple[str, float], Policy] = {}
-        self._new_items_of: dict[str, list[str]] = {}  # model version -> unknown new items
         self._board_cache: tuple[dict[str, BoardEntry], ModelSnapshot, BoardByCode] | None = None
+        self._new_items_cache: tuple[tuple[BoardEntry, ...], ModelSnapshot, list[str]] | None = None
         self.blocked: frozenset[str] = frozenset()
 
     # --- policies ----------------------------------------------------------------------
@@ -111,7 +112,6 @@ class Recommender:
         if view is not self._cached_view:
             self._cached_view = view
             self._policies = {}
-            self._new_items_of = {}
 
     def _policy(self, view: LiveView, name: str, exploration: float) -> Policy:
         """Policies are rebuilt only when the live view (its parameters) changes."""
@@ -231,15 +231,16 @@ class Recommender:
         return cached[2]
 
     def _new_items(self, view: LiveView, snap: ModelSnapshot) -> list[str]:
-        """Items the stream saw recently that the serving model does not know (cached)."""
-        self._for_view(view)
-        found = self._new_items_of.get(snap.version)
-        if found is None:
+        """Items the stream saw recently that the serving model does not know (cached until
+        the board or the model changes; bandit-only refreshes keep the same `view.new`)."""
+        cached = self._new_items_cache
+        if cached is None or cached[0] is not view.new or cached[1] is not snap:
             ids = [e.item_id for e in view.new]
             codes = snap.codes(ids) if ids else np.zeros(0, dtype=np.int64)
             found = [i for i, c in zip(ids, codes, strict=True) if c < FIRST_ITEM]
-            self._new_items_of[snap.version] = found
-        return found
+            cached = (view.new, snap, found)
+            self._new_items_cache = cached
+        return cached[2]
 
     def _candidates(
         self,
