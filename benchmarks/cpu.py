@@ -15,13 +15,22 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def children(pid: int) -> list[int]:
-    """Direct child processes of `pid` (Linux /proc; empty elsewhere)."""
+def children(pid: int, skip: str = "resource_tracker") -> list[int]:
+    """Direct child processes of `pid` whose command line lacks `skip` (by default
+    multiprocessing's resource tracker). Linux /proc; empty elsewhere."""
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:
         return []
-    return [int(p) for p in text.split()]
+    out = []
+    for child in text.split():
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if skip.encode() not in cmdline:
+            out.append(int(child))
+    return out
 
 
 class CpuMeter:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import uvloop  # the client's event loop: libuv costs the shared cores less than asyncio's
 
-from benchmarks.cpu import CpuMeter, children
+from benchmarks.cpu import CpuMeter, children, cpu_s
 from streamrec.settings import Settings, load_settings
 
 
@@ -206,9 +206,10 @@ def run_serve_bench(
                 gc.freeze()
                 # warm-up: let the allocator, FAISS and the JIT-free paths settle
                 uvloop.run(_client("127.0.0.1", port, users, rate, 2.0, concurrency, k))
+                api_pids = children(proc.pid) or [proc.pid]
+                each = [cpu_s(p) for p in api_pids]
                 cpu = CpuMeter(
-                    {"api": children(proc.pid) or proc.pid, "broker (tansu)": broker.pid},
-                    client="bench client",
+                    {"api": api_pids, "broker (tansu)": broker.pid}, client="bench client"
                 )
                 started = time.monotonic()
                 lat, errors, degraded, total = uvloop.run(
@@ -216,9 +217,12 @@ def run_serve_bench(
                 )
                 wall = time.monotonic() - started
                 used = cpu.used()
+                each = [cpu_s(p) - before for p, before in zip(api_pids, each, strict=True)]
                 server = _server_stages(port)
             finally:
                 stop_process(proc, 10)
+                if proc.stderr is not None:
+                    proc.stderr.close()
         finally:
             broker.stop()
     ms = np.asarray(lat) * 1000 if lat else np.zeros(1)
@@ -240,6 +244,8 @@ def run_serve_bench(
         # decides how close to saturation the cores run (less noisy than latency).
         "api_cpu_ms_per_request": round(1000 * (used["api"] or 0.0) / max(len(lat), 1), 3),
         "cores_used": {k: None if v is None else round(v / wall, 2) for k, v in used.items()},
+        # Per server process: an even split shows the kernel spreading connections.
+        "api_cores_per_process": [round(c / wall, 2) for c in each],
         "model": f"{version} (random-init weights; latency only)",
         "setup_s": round(setup_s, 1),
         "cpus": os.cpu_count(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.ingest import run_ingest_bench
+from benchmarks.serve import run_serve_bench
 
 
 def test_ingest_bench_with_two_workers_sees_every_marker(
@@ -23,3 +24,16 @@ def test_ingest_bench_with_two_workers_sees_every_marker(
     )
     assert result["user_rows_written"] >= 200 * 0.5  # most simulated users were written
     assert result["elapsed_s"] >= 1.0  # 3000 events at 3000/s cannot finish sooner
+
+
+def test_serve_bench_answers_everything_from_both_server_processes() -> None:
+    """`streamrec serve --workers 2` under the bench: every request answered, and both
+    processes did a real share of the work."""
+    result = run_serve_bench(
+        items=3000, users=200, rate=150, seconds=3, concurrency=32, k=10, workers=2
+    )
+    assert result["error_rate"] == 0 and result["degraded_rate"] == 0
+    assert result["requests"] == 450 and result["rps"] > 100
+    share = result["api_cores_per_process"]
+    assert len(share) == 2 and min(share) > 0.2 * max(share), share
+    assert result["api_cpu_ms_per_request"] > 0
