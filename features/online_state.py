@@ -45,10 +45,13 @@ CREATE TABLE IF NOT EXISTS board (item_id TEXT PRIMARY KEY, popularity REAL NOT 
 -- In the readers' exact ORDER BY (ties broken by item id), so a top-n read walks n index
 -- entries; single-column indexes left SQLite sorting every tied row (a board whose items
 -- share first_ms: 20 ms per read of 20k rows, stalling serving every board refresh).
-DROP INDEX IF EXISTS board_pop;
-DROP INDEX IF EXISTS board_first;
 CREATE INDEX IF NOT EXISTS board_pop_id ON board (popularity DESC, item_id);
 CREATE INDEX IF NOT EXISTS board_first_id ON board (first_ms DESC, item_id);
+"""
+# Run by the writer (the stream worker) only: readers should not need the write lock.
+MIGRATE_SQL = """
+DROP INDEX IF EXISTS board_pop;
+DROP INDEX IF EXISTS board_first;
 """
 
 

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from online import metrics
-from online.fast_route import CONTEXT_CHARS, answer_body, try_fast
+from online.fast_route import CONTEXT_CHARS, answer_body, known_error, try_fast
 from online.recommender import RecRequest
 from online.schemas import (
     ErrorBody,
@@ -134,11 +134,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StreamrecError)
     async def known(_: Request, exc: StreamrecError) -> JSONResponse:
-        field = getattr(exc, "field", None)
-        code = type(exc).__name__
-        if exc.http_status >= 500:
-            log.error("%s: %s", code, exc.message)
-        return _error(exc.http_status, code, exc.message, field)
+        status, doc = known_error(exc)
+        return JSONResponse(doc, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -14,6 +14,7 @@ same `RecRequest` on fuzzed queries.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any
 
@@ -22,6 +23,7 @@ from starlette.types import Scope, Send
 
 from online import metrics
 from online.recommender import RecAnswer, RecRequest
+from streamrec.errors import StreamrecError
 from streamrec.events import MAX_ID_CHARS
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,15 @@ def answer_body(answer: RecAnswer) -> dict[str, Any]:
     }
 
 
+def known_error(exc: StreamrecError) -> tuple[int, dict[str, Any]]:
+    """Status and error document for a StreamrecError (logged when it is the server's)."""
+    code = type(exc).__name__
+    if exc.http_status >= 500:
+        log.error("%s: %s", code, exc.message)
+    field = getattr(exc, "field", None)
+    return exc.http_status, {"error": {"code": code, "message": exc.message, "field": field}}
+
+
 async def try_fast(app: Any, scope: Scope, send: Send) -> bool:
     """Answer the request here if it is a clean recommendations GET; False = not handled."""
     if scope["type"] != "http" or scope["method"] != "GET":
@@ -108,14 +119,19 @@ async def try_fast(app: Any, scope: Scope, send: Send) -> bool:
         return False
     try:
         answer = services.recommender.recommend(req)
-        outcome = "degraded" if answer.degraded else "ok"
+        if not all(math.isfinite(v) for i in answer.items for v in (i.score, i.propensity)):
+            raise ValueError("a non-finite score or propensity")  # JSONResponse refuses too
         status, body = 200, _ENCODE(answer_body(answer))
-    except Exception:  # the same answer the app's catch-all handler gives
+        metrics.REQUESTS.labels("recommendations", "degraded" if answer.degraded else "ok").inc()
+    except StreamrecError as exc:  # as the app's handler for known errors answers
+        status, doc = known_error(exc)
+        body = _ENCODE(doc)
+    except Exception:  # as the app's catch-all handler answers
         log.exception("unhandled error on GET %s", path)
-        outcome, status = "error", 500
+        metrics.REQUESTS.labels(path, "error").inc()
+        status = 500
         message = "Internal error; the server log has the details."
         body = _ENCODE({"error": {"code": "internal", "message": message, "field": None}})
-    metrics.REQUESTS.labels("recommendations", outcome).inc()
     headers = [*_HEADERS, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

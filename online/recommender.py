@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -44,6 +45,7 @@ _ENCODE = msgspec.json.Encoder().encode
 
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _NUMERIC_USER = tuple(f for f in USER_FEATURES if f != "recent_items")
+_E = TypeVar("_E", bound=tuple[Any, ...])  # a cache entry: (source, snapshot, value)
 _NEW_ITEM_SHARE = 0.1  # of the candidate list, reserved for items the model does not know
 
 
@@ -102,8 +104,11 @@ class Recommender:
         # refresh); the board by code and the model's unknown new items per board and model.
         self._cached_view: LiveView | None = None
         self._policies: dict[tuple[str, float], Policy] = {}
-        self._board_cache: tuple[dict[str, BoardEntry], ModelSnapshot, BoardByCode] | None = None
-        self._new_items_cache: tuple[tuple[BoardEntry, ...], ModelSnapshot, list[str]] | None = None
+        # One entry per model version served (experiments pin several side by side).
+        self._board_cache: dict[str, tuple[dict[str, BoardEntry], ModelSnapshot, BoardByCode]]
+        self._board_cache = {}
+        self._new_items_cache: dict[str, tuple[tuple[BoardEntry, ...], ModelSnapshot, list[str]]]
+        self._new_items_cache = {}
         self.blocked: frozenset[str] = frozenset()
 
     # --- policies ----------------------------------------------------------------------
@@ -223,23 +228,31 @@ class Recommender:
         return RecAnswer(request_id, req.user_id, items, snap.version, name, degraded=False)
 
     def _board(self, view: LiveView, snap: ModelSnapshot) -> BoardByCode:
-        """The board indexed by this model's codes (rebuilt when either changes)."""
-        cached = self._board_cache
+        """The board indexed by this model's codes (rebuilt when the board changes)."""
+        cached = self._board_cache.get(snap.version)
         if cached is None or cached[0] is not view.by_id or cached[1] is not snap:
             cached = (view.by_id, snap, BoardByCode.build(view.by_id, snap.codes))
-            self._board_cache = cached
+            self._board_cache = self._put(self._board_cache, snap.version, cached)
         return cached[2]
+
+    def _put(self, cache: dict[str, _E], version: str, entry: _E) -> dict[str, _E]:
+        """A copy of `cache` with `version` set, keeping only entries of snapshots still
+        served (a swapped-out model must not stay in memory through a cache). Replaced,
+        never mutated: a request on another thread may hold the old dict."""
+        out = {k: e for k, e in cache.items() if k != version and self._models.get(k) is e[1]}
+        out[version] = entry
+        return out
 
     def _new_items(self, view: LiveView, snap: ModelSnapshot) -> list[str]:
         """Items the stream saw recently that the serving model does not know (cached until
         the board or the model changes; bandit-only refreshes keep the same `view.new`)."""
-        cached = self._new_items_cache
+        cached = self._new_items_cache.get(snap.version)
         if cached is None or cached[0] is not view.new or cached[1] is not snap:
             ids = [e.item_id for e in view.new]
             codes = snap.codes(ids) if ids else np.zeros(0, dtype=np.int64)
             found = [i for i, c in zip(ids, codes, strict=True) if c < FIRST_ITEM]
             cached = (view.new, snap, found)
-            self._new_items_cache = cached
+            self._new_items_cache = self._put(self._new_items_cache, snap.version, cached)
         return cached[2]
 
     def _candidates(

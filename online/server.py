@@ -9,6 +9,7 @@ at 91 % of a core while the other idled, and p99 latency went from tens to hundr
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -19,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -71,8 +73,7 @@ def reuseport_supported() -> bool:
 
 def bind_reuseport(host: str, port: int) -> socket.socket:
     """A listening socket on host:port that other processes may bind too."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
@@ -83,6 +84,24 @@ def bind_reuseport(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Raise StreamrecError if anything listens on host:port already. SO_REUSEPORT binds
+    would join such a listener (say, processes left over from an earlier server) and
+    silently share its traffic; a plain bind fails instead."""
+    probe = socket.socket(_family(host), socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+    try:
+        probe.bind((host, port))
+    except OSError as exc:
+        raise StreamrecError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    finally:
+        probe.close()
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def own_metrics() -> None:
@@ -99,15 +118,36 @@ def own_metrics() -> None:
             del os.environ[name]
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies, so a SIGKILLed supervisor leaves
+    no API processes behind holding the port."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _run_worker(sock: socket.socket, log_level: str) -> None:
+    _die_with_parent()
     config = uvicorn.Config(
         APP_FACTORY, factory=True, log_level=log_level, access_log=False, lifespan="on"
     )
     uvicorn.Server(config).run(sockets=[sock])
 
 
+_QUICK_EXIT_S = 30.0  # a process that dies sooner than this after starting "failed fast"
+_MAX_QUICK_EXITS = 5  # in a row, for one slot: give up (a broken deployment, not bad luck)
+
+
 def serve_processes(host: str, port: int, workers: int, log_level: str) -> None:
-    """Run `workers` API processes until SIGINT/SIGTERM; a process that dies is restarted."""
+    """Run `workers` API processes until SIGINT/SIGTERM.
+
+    A process that dies is restarted with a growing delay; one that keeps dying within
+    seconds of starting (a bad model path, a missing store) stops the server with an error.
+    """
     own_metrics()
     if workers == 1 or not reuseport_supported():
         uvicorn.run(
@@ -120,38 +160,79 @@ def serve_processes(host: str, port: int, workers: int, log_level: str) -> None:
             access_log=False,
         )
         return
+    ensure_port_free(host, port)
     # All sockets are bound before any process starts: a connection that arrives while
     # a process still loads its model waits in that socket's backlog, never elsewhere.
     sockets = [bind_reuseport(host, port) for _ in range(workers)]
     ctx = multiprocessing.get_context("spawn")
-    procs: list[multiprocessing.process.BaseProcess] = []
-    stopping = threading.Event()
-
-    def start(sock: socket.socket) -> multiprocessing.process.BaseProcess:
-        proc = ctx.Process(target=_run_worker, args=(sock, log_level), name="streamrec-api")
-        proc.start()
-        return proc
+    stopping = False
 
     def stop(signum: int, _: FrameType | None) -> None:
-        stopping.set()
+        nonlocal stopping
+        stopping = True  # a plain flag: taking locks in a signal handler can deadlock
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    procs = [start(sock) for sock in sockets]
+    slots = [_Slot(ctx, sock, log_level) for sock in sockets]
     log.info("serving on http://%s:%d with %d processes (SO_REUSEPORT)", host, port, workers)
     try:
-        while not stopping.wait(0.5):
-            for i, proc in enumerate(procs):
-                if not proc.is_alive():
-                    log.error("API process %d exited (%s); restarting", proc.pid, proc.exitcode)
-                    procs[i] = start(sockets[i])
+        while not stopping:
+            time.sleep(0.2)
+            for slot in slots:
+                slot.tend()
     finally:
-        for proc in procs:
-            if proc.is_alive() and proc.pid is not None:
-                proc.terminate()  # SIGTERM: uvicorn finishes open requests, then exits
-        for proc in procs:
-            proc.join(timeout=15)
-            if proc.is_alive():
-                proc.kill()
+        for slot in slots:
+            slot.terminate()
+        for slot in slots:
+            slot.join()
         for sock in sockets:
             sock.close()
+
+
+class _Slot:
+    """One API process and its socket: started, watched, restarted with backoff."""
+
+    def __init__(self, ctx: Any, sock: socket.socket, log_level: str) -> None:
+        self._ctx, self._sock, self._log_level = ctx, sock, log_level
+        self._quick_exits = 0
+        self._retry_at = 0.0
+        self._proc: multiprocessing.process.BaseProcess | None = None
+        self._start()
+
+    def _start(self) -> None:
+        self._proc = self._ctx.Process(
+            target=_run_worker, args=(self._sock, self._log_level), name="streamrec-api"
+        )
+        self._proc.start()
+        self._started = time.monotonic()
+
+    def tend(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.is_alive():
+            return
+        if proc is not None:  # just found dead
+            quick = time.monotonic() - self._started < _QUICK_EXIT_S
+            self._quick_exits = self._quick_exits + 1 if quick else 0
+            if self._quick_exits >= _MAX_QUICK_EXITS:
+                raise StreamrecError(
+                    f"API process exited {self._quick_exits} times in a row within "
+                    f"{_QUICK_EXIT_S:.0f} s of starting (last exit code {proc.exitcode}); "
+                    "its log says why. Stopping."
+                )
+            delay = min(0.5 * 2**self._quick_exits, 30.0)
+            log.error(
+                "API process %d exited (%s); restarting in %.1f s", proc.pid, proc.exitcode, delay
+            )
+            self._proc, self._retry_at = None, time.monotonic() + delay
+        if time.monotonic() >= self._retry_at:
+            self._start()
+
+    def terminate(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.terminate()  # SIGTERM: uvicorn finishes open requests, then exits
+
+    def join(self) -> None:
+        if self._proc is not None:
+            self._proc.join(timeout=15)
+            if self._proc.is_alive():
+                self._proc.kill()

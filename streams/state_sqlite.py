@@ -45,7 +45,7 @@ class SqliteStreamState:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        self._db.executescript(online_state.SCHEMA_SQL)
+        self._db.executescript(online_state.SCHEMA_SQL + online_state.MIGRATE_SQL)
 
     def applied_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
         rows = dict(self._db.execute("SELECT part, off FROM offsets WHERE topic = ?", (topic,)))

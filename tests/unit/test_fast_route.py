@@ -14,11 +14,13 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from fastapi import FastAPI
 
 from online.app import create_app
 from online.fast_route import parse_request
 from online.recommender import RecAnswer, RecItem, RecRequest
+from streamrec.errors import StoreError
 from streamrec.settings import load_settings
 
 KEYS = ["k", "exclude_seen", "device", "page", "surface", "policy", "K", "x", ""]
@@ -71,7 +73,11 @@ def _call(app: Any, path: str, query: str, *, slow: bool) -> tuple[int, Any]:
         sent.append(message)
 
     handler = FastAPI.__call__ if slow else type(app).__call__
-    asyncio.run(handler(app, scope, receive, send))
+    try:
+        asyncio.run(handler(app, scope, receive, send))
+    except Exception:  # Starlette re-raises after answering 500, for the server to log
+        if not sent:
+            raise
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return sent[0]["status"], json.loads(body)
 
@@ -121,3 +127,30 @@ def test_declined_requests_still_get_fastapis_answer() -> None:
     assert status == 422 and body["error"]["field"] == "policy"
     status, body = _call(app, "/v1/recommendations/" + "a" * 129, "", slow=False)
     assert status == 422 and body["error"]["field"] == "user_id"
+
+
+class Failing(Capture):
+    def __init__(self, exc: Exception | None = None, score: float = 1.0) -> None:
+        super().__init__()
+        self.exc, self.score = exc, score
+
+    def recommend(self, req: RecRequest) -> RecAnswer:
+        if self.exc is not None:
+            raise self.exc
+        return RecAnswer("r1", req.user_id, [RecItem("i1", self.score, 1.0)], "v1", "x", False)
+
+
+@pytest.mark.parametrize(
+    ("recommender", "status"),
+    [
+        (Failing(StoreError("redis down")), 503),
+        (Failing(RuntimeError("boom")), 500),
+        (Failing(score=float("nan")), 500),
+    ],
+)
+def test_failures_answer_the_same_on_both_paths(recommender: Capture, status: int) -> None:
+    app, _ = _app()
+    app.state.services.recommender = recommender
+    fast = _call(app, "/v1/recommendations/u1", "k=3", slow=False)
+    slow = _call(app, "/v1/recommendations/u1", "k=3", slow=True)
+    assert fast == slow and fast[0] == status

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from online.server import bind_reuseport, reuseport_supported
+from online.server import bind_reuseport, ensure_port_free, reuseport_supported
 from streamrec.errors import StreamrecError
 from streams.broker import free_port
 
@@ -43,3 +43,15 @@ def test_a_port_taken_without_reuseport_is_a_clear_error() -> None:
             bind_reuseport("127.0.0.1", taken.getsockname()[1])
     finally:
         taken.close()
+
+
+def test_a_port_someone_listens_on_is_refused_before_joining_it() -> None:
+    """SO_REUSEPORT would join leftover listeners and share their traffic: checked first."""
+    port = free_port()
+    leftover = bind_reuseport("127.0.0.1", port)
+    try:
+        with pytest.raises(StreamrecError, match="cannot listen"):
+            ensure_port_free("127.0.0.1", port)
+    finally:
+        leftover.close()
+    ensure_port_free("127.0.0.1", port)  # free again: no error
