@@ -183,10 +183,12 @@ class ItemIndex:
         log.info("saved %s index of %d items to %s", self._info.get("kind"), len(self), directory)
 
     @classmethod
-    def load(cls, directory: Path, *, device: str = "auto") -> ItemIndex:
+    def load(cls, directory: Path, *, device: str = "auto", mmap: bool = False) -> ItemIndex:
         """Load a saved index; ArtifactError if a file is missing, corrupted or inconsistent.
 
         `device`: auto = the GPU when the backend can use one here, else CPU.
+        `mmap`: map a CPU IVF index's lists from the file instead of copying them, so
+        processes serving the same version share one copy (read-only: cannot be saved).
         """
         # Imported here so that `import index` does not pull in torch (~1 s).
         from index.faiss_backend import FaissBackend, faiss_gpus
@@ -212,7 +214,11 @@ class ItemIndex:
             if device == "cuda" and not use_gpu:
                 raise ArtifactError("device='cuda' was asked for, but faiss sees no GPU here.")
             backend = FaissBackend.load(
-                directory, str(info.get("kind")), info.get("params", {}), use_gpu=use_gpu
+                directory,
+                str(info.get("kind")),
+                info.get("params", {}),
+                use_gpu=use_gpu,
+                mmap=mmap,
             )
         elif meta["family"] == "torch":
             chunk = int(info.get("params", {}).get("chunk_items", 262_144))

@@ -149,7 +149,7 @@ def load_snapshot(registry: Registry, name: str | None = None) -> ModelSnapshot:
     model = load_model(vdir / "model")
     model.eval()
     vocab = ItemVocab.load(vdir / "vocab.json")
-    index = ItemIndex.load(vdir / "index")
+    index = ItemIndex.load(vdir / "index", mmap=True)  # one copy for all API processes
     meta = json.loads((vdir / "meta.json").read_text())
     vectors = item_embeddings(model)
     dense = model.item_dense.cpu().numpy().astype(np.float64)

@@ -283,6 +283,22 @@ def test_save_and_load_give_identical_results(tmp_path, approx, flat, small, big
     np.testing.assert_array_equal(before[0], after[0])
 
 
+def test_a_mapped_ivf_index_searches_alike_and_is_read_only(tmp_path, approx, queries):
+    """mmap=True (serving): the lists stay in the file, shared by every process."""
+    import faiss
+
+    index = approx["ivf"]
+    index.save(tmp_path / "ix")
+    mapped = ItemIndex.load(tmp_path / "ix", device="cpu", mmap=True)
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(mapped.backend._index).invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists)  # really mapped, not copied
+    before, after = index.search_rows(queries, K), mapped.search_rows(queries, K)
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_array_equal(before[0], after[0])
+    with pytest.raises(ArtifactError, match="read-only"):
+        mapped.save(tmp_path / "again")
+
+
 @pytest.fixture
 def saved(tmp_path, flat) -> Path:
     flat.save(tmp_path / "ix")
