@@ -12,15 +12,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Generic, TypeVar
 
 import msgspec
 import numpy as np
 
 from features.aggregates import USER_FEATURES
 from features.online_reader import OnlineReader
-from features.online_state import BoardEntry
 from models.bandit import (
     FEATURE_NAMES,
     SERVING_PRIOR_MEAN,
@@ -45,7 +45,7 @@ _ENCODE = msgspec.json.Encoder().encode
 
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _NUMERIC_USER = tuple(f for f in USER_FEATURES if f != "recent_items")
-_E = TypeVar("_E", bound=tuple[Any, ...])  # a cache entry: (source, snapshot, value)
+_V = TypeVar("_V")
 _NEW_ITEM_SHARE = 0.1  # of the candidate list, reserved for items the model does not know
 
 
@@ -77,6 +77,33 @@ class RecAnswer:
     reason: str | None = None
 
 
+class PerModel(Generic[_V]):
+    """A value derived from a source object (the board, its new items) and a model
+    snapshot, one per model version served (experiments pin several side by side).
+
+    Rebuilt when either object changes (held, not their id(), which a later object may
+    reuse). Entries of snapshots no longer served are dropped, so a swapped-out model
+    does not stay in memory through a cache. The dict is replaced, never mutated: a
+    request on another thread may be reading the old one.
+    """
+
+    def __init__(self, served: Callable[[str], ModelSnapshot | None]) -> None:
+        self._served = served
+        self._entries: dict[str, tuple[object, ModelSnapshot, _V]] = {}
+
+    def get(self, source: object, snap: ModelSnapshot, build: Callable[[], _V]) -> _V:
+        entry = self._entries.get(snap.version)
+        if entry is None or entry[0] is not source or entry[1] is not snap:
+            entry = (source, snap, build())
+            kept = {
+                version: e
+                for version, e in self._entries.items()
+                if version != snap.version and self._served(version) is e[1]
+            }
+            self._entries = {**kept, snap.version: entry}
+        return entry[2]
+
+
 def _timed(stage: str, started: float) -> float:
     now = time.perf_counter()
     metrics.STAGE_SECONDS.labels(stage).observe(now - started)
@@ -104,11 +131,8 @@ class Recommender:
         # refresh); the board by code and the model's unknown new items per board and model.
         self._cached_view: LiveView | None = None
         self._policies: dict[tuple[str, float], Policy] = {}
-        # One entry per model version served (experiments pin several side by side).
-        self._board_cache: dict[str, tuple[dict[str, BoardEntry], ModelSnapshot, BoardByCode]]
-        self._board_cache = {}
-        self._new_items_cache: dict[str, tuple[tuple[BoardEntry, ...], ModelSnapshot, list[str]]]
-        self._new_items_cache = {}
+        self._boards: PerModel[BoardByCode] = PerModel(models.get)
+        self._unknown_new: PerModel[list[str]] = PerModel(models.get)
         self.blocked: frozenset[str] = frozenset()
 
     # --- policies ----------------------------------------------------------------------
@@ -188,8 +212,9 @@ class Recommender:
                 # Over-fetch and filter here: cheaper than the index's per-query exclusion.
                 got, rows = snap.index.search_rows(query[None, :], n + len(skip))
                 rows, got = rows[0], got[0]
-                if not (rows >= 0).all():
-                    got, rows = got[rows >= 0], rows[rows >= 0]
+                valid = rows >= 0  # -1 pads a short answer
+                if not valid.all():
+                    got, rows = got[valid], rows[valid]
                 ids = snap.row_ids[rows].tolist()
                 if skip:
                     keep = [j for j, i in enumerate(ids) if i not in skip][:n]
@@ -229,31 +254,18 @@ class Recommender:
 
     def _board(self, view: LiveView, snap: ModelSnapshot) -> BoardByCode:
         """The board indexed by this model's codes (rebuilt when the board changes)."""
-        cached = self._board_cache.get(snap.version)
-        if cached is None or cached[0] is not view.by_id or cached[1] is not snap:
-            cached = (view.by_id, snap, BoardByCode.build(view.by_id, snap.codes))
-            self._board_cache = self._put(self._board_cache, snap.version, cached)
-        return cached[2]
-
-    def _put(self, cache: dict[str, _E], version: str, entry: _E) -> dict[str, _E]:
-        """A copy of `cache` with `version` set, keeping only entries of snapshots still
-        served (a swapped-out model must not stay in memory through a cache). Replaced,
-        never mutated: a request on another thread may hold the old dict."""
-        out = {k: e for k, e in cache.items() if k != version and self._models.get(k) is e[1]}
-        out[version] = entry
-        return out
+        return self._boards.get(view.by_id, snap, lambda: BoardByCode.build(view.by_id, snap.codes))
 
     def _new_items(self, view: LiveView, snap: ModelSnapshot) -> list[str]:
-        """Items the stream saw recently that the serving model does not know (cached until
+        """Items the stream saw recently that the serving model does not know (rebuilt when
         the board or the model changes; bandit-only refreshes keep the same `view.new`)."""
-        cached = self._new_items_cache.get(snap.version)
-        if cached is None or cached[0] is not view.new or cached[1] is not snap:
+
+        def find() -> list[str]:
             ids = [e.item_id for e in view.new]
             codes = snap.codes(ids) if ids else np.zeros(0, dtype=np.int64)
-            found = [i for i, c in zip(ids, codes, strict=True) if c < FIRST_ITEM]
-            cached = (view.new, snap, found)
-            self._new_items_cache = self._put(self._new_items_cache, snap.version, cached)
-        return cached[2]
+            return [i for i, c in zip(ids, codes, strict=True) if c < FIRST_ITEM]
+
+        return self._unknown_new.get(view.new, snap, find)
 
     def _candidates(
         self,

@@ -25,7 +25,7 @@ from online.experiments import assign
 from online.loop import quick_retrain_config, seed_history
 from online.recommender import RecRequest
 from online.server import BackgroundServer
-from online.services import build_services
+from online.services import Services, build_services
 from streamrec.events import Event, parse_event
 from streamrec.settings import Settings, load_settings
 from streamrec.simulation import World, WorldParams
@@ -232,21 +232,27 @@ policy = "random"
         services.stop()
 
 
-def test_cold_users_get_trending_items_and_new_items_win_exploration_slots(
-    data_dir: Path, tmp_path: Path
-) -> None:
+def _services_over_board(data_dir: Path, tmp_path: Path, board: list[BoardEntry]) -> Services:
+    """Started services on a copy of the trained model, with `board` as the item board."""
     settings = load_settings(data_dir=tmp_path / "d", api_auth="off", refresh_s=3600)
     shutil.copytree(data_dir / "registry", settings.registry_dir)
     shutil.copytree(data_dir / "feature_repo", settings.feature_repo_dir)
+    state = SqliteStreamState(state_db_path(settings))
+    state.write_board(board)
+    state.close()
+    services = build_services(settings, kafka=False)
+    services.start()
+    return services
+
+
+def test_cold_users_get_trending_items_and_new_items_win_exploration_slots(
+    data_dir: Path, tmp_path: Path
+) -> None:
     now = int(time.time() * 1000)
     day_ago = now - 86_400_000
     hot = [BoardEntry(f"i{j}", 1000.0 - j, 0.05, 5.0, 100.0, now, day_ago) for j in range(30)]
     new = BoardEntry("brand-new-item", 1.0, 0.05, 0.0, 0.0, now, now)  # unknown to the model
-    state = SqliteStreamState(state_db_path(settings))
-    state.write_board([*hot, new])
-    state.close()
-    services = build_services(settings, kafka=False)
-    services.start()
+    services = _services_over_board(data_dir, tmp_path, [*hot, new])
     try:
         trending = {e.item_id for e in hot}
         shown_new = 0
@@ -264,15 +270,9 @@ def test_cold_users_get_trending_items_and_new_items_win_exploration_slots(
 def test_a_cold_user_gets_k_items_while_the_board_knows_only_one(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    settings = load_settings(data_dir=tmp_path / "d", api_auth="off", refresh_s=3600)
-    shutil.copytree(data_dir / "registry", settings.registry_dir)
-    shutil.copytree(data_dir / "feature_repo", settings.feature_repo_dir)
     now = int(time.time() * 1000)
-    state = SqliteStreamState(state_db_path(settings))
-    state.write_board([BoardEntry("i7", 3.0, 0.05, 1.0, 10.0, now, now)])
-    state.close()
-    services = build_services(settings, kafka=False)
-    services.start()
+    board = [BoardEntry("i7", 3.0, 0.05, 1.0, 10.0, now, now)]
+    services = _services_over_board(data_dir, tmp_path, board)
     try:
         answer = services.recommender.recommend(RecRequest("cold-user", 10))
         items = [i.item_id for i in answer.items]
