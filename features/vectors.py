@@ -7,6 +7,7 @@ scaled one way in training and another way in production.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -42,6 +43,20 @@ def user_dense(columns: Mapping[str, np.ndarray], now_ms: np.ndarray | int) -> n
     hours = np.where(has, np.maximum(np.asarray(now_ms) - last, 0) / 3_600_000.0, 0.0)
     parts += [np.log1p(hours), has.astype(np.float64)]
     return np.stack(parts, axis=1).astype(np.float32)
+
+
+_USER_COUNTS = tuple(f"n_{t}_{w}" for w in ("1h", "24h") for t in EVENT_TYPES)
+
+
+def user_dense_row(row: Mapping[str, object], now_ms: int) -> np.ndarray:
+    """`user_dense` for one user's online row (None counts as 0), in scalar arithmetic:
+    serving's path, where ~30 numpy calls on one-element arrays cost ~100 us. The tests
+    hold it to `user_dense`."""
+    last = int(row["last_seen_ms"] or 0)  # type: ignore[call-overload]  # an int or None
+    hours = max(now_ms - last, 0) / 3_600_000.0 if last > 0 else 0.0
+    values = [math.log1p(float(row[f] or 0)) for f in _USER_COUNTS]  # type: ignore[arg-type]
+    values += [math.log1p(hours), 1.0 if last > 0 else 0.0]
+    return np.array(values, dtype=np.float32)
 
 
 def item_dense(columns: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from models import thompson_kernel
 from streamrec.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ class ThompsonPolicy:
         ctr_prior_strength: float = CTR_PRIOR_STRENGTH,
         shortlist: bool = True,
         prior_mean: np.ndarray | None = None,
+        compiled: bool = True,
     ) -> None:
         if not (math.isfinite(exploration) and exploration >= 0):
             raise ConfigError(f"exploration must be finite and >= 0; got {exploration}.")
@@ -155,6 +157,8 @@ class ThompsonPolicy:
         self.ctr_prior_mean = ctr_prior_mean
         self.ctr_prior_strength = ctr_prior_strength
         self.shortlist = shortlist  # False: sample every candidate (the slow twin in tests)
+        # False: the numpy formulation below, the reference the compiled kernels are held to
+        self.compiled = compiled and thompson_kernel.AVAILABLE
         self._stats = stats
 
     def rank(self, cands: Candidates, k: int, rng: np.random.Generator) -> Slate:
@@ -167,6 +171,8 @@ class ThompsonPolicy:
         a, b = beta_params(
             cands.clicks, cands.impressions, self.ctr_prior_mean, self.ctr_prior_strength
         )
+        if self.compiled:
+            return self._rank_compiled(cands, a, b, mean, chol, kk, rng)
         keep = self._shortlist(cands.x, a, b, mean, chol, kk, cands.offsets)
         W = cands.x[keep].copy()
         W[:, CTR] = 0.0
@@ -180,6 +186,38 @@ class ThompsonPolicy:
         nth_best = np.sort(np.partition(-scores, kk - 1, axis=1)[:, :kk], axis=1)
         at_position = -scores[:, first] == nth_best
         return Slate(keep[first].astype(np.int64), at_position.mean(axis=0), scores[0, first])
+
+    def _rank_compiled(
+        self,
+        cands: Candidates,
+        a: np.ndarray,
+        b: np.ndarray,
+        mean: np.ndarray,
+        chol: np.ndarray,
+        kk: int,
+        rng: np.random.Generator,
+    ) -> Slate:
+        """`rank` through the compiled kernels: the same steps and the same draws, taken
+        from `rng` in the same order, so the reference gives the same slate."""
+        x, base = cands.x, cands.offsets
+        if self.shortlist and len(cands) > kk:
+            keep = thompson_kernel.shortlist(
+                x, a, b, mean, chol, base, kk, self.exploration, _Z, CTR
+            )
+        else:
+            keep = np.arange(len(cands))
+        x, a, b, base = x[keep], a[keep], b[keep], base[keep]
+        theta_normals = rng.standard_normal((self.samples, D))
+        if a.size and (a.min() < 1.0 or b.min() < 3.0):  # as _beta_draws: exact Beta
+            exact = rng.beta(a, b, size=(self.samples, a.size))
+            normals = np.zeros((0, a.size))
+        else:
+            normals = rng.standard_normal((self.samples, a.size))
+            exact = np.zeros((0, a.size))
+        order, propensity, scores = thompson_kernel.slate(
+            x, a, b, base, mean, chol, theta_normals, normals, exact, self.exploration, kk, CTR
+        )
+        return Slate(keep[order].astype(np.int64), propensity, scores)
 
     def _shortlist(
         self,
@@ -212,7 +250,8 @@ class ThompsonPolicy:
         z = x.copy()
         z[:, CTR] = m
         mu = z @ mean + (0.0 if base is None else base)
-        z -= z[np.argpartition(-mu, kk - 1)[:kk]].mean(axis=0)
+        # Any common centre is valid; the kk best by mean (ties to the lower index) is tight.
+        z -= z[np.argsort(-mu, kind="stable")[:kk]].mean(axis=0)
         spread = np.square(_Z * self.exploration * (z @ chol)).sum(axis=1)
         upper = mu + np.sqrt(spread + gain**2)
         lower = mu - np.sqrt(spread + loss**2)

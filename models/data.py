@@ -97,6 +97,17 @@ class ItemVocab:
         return cls.from_json(text)
 
 
+def _blake64(s: str) -> int:
+    return int.from_bytes(hashlib.blake2b(s.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def hash_id(user_id: str, buckets: int) -> int:
+    """`hash_ids` for one id (serving's path: no array round trip)."""
+    if buckets < 1:
+        raise ValueError(f"buckets must be >= 1, got {buckets}")
+    return _blake64(user_id) % buckets
+
+
 def hash_ids(ids: Sequence[str], buckets: int) -> np.ndarray:
     """Stable int64 buckets in [0, buckets) for `ids` (blake2b, same in every process).
 
@@ -106,12 +117,7 @@ def hash_ids(ids: Sequence[str], buckets: int) -> np.ndarray:
     """
     if buckets < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
-    blake = hashlib.blake2b
-
-    def one(s: str) -> int:
-        return int.from_bytes(blake(s.encode("utf-8"), digest_size=8).digest(), "little")
-
-    raw = np.fromiter((one(s) for s in ids), dtype=np.uint64, count=len(ids))
+    raw = np.fromiter((_blake64(s) for s in ids), dtype=np.uint64, count=len(ids))
     return (raw % np.uint64(buckets)).astype(np.int64)
 
 

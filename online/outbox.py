@@ -40,6 +40,9 @@ class Outbox:
                 "socket.connection.setup.timeout.ms": 2000,
                 "reconnect.backoff.max.ms": 2000,
                 "log_level": 3,  # errors only: a down broker would otherwise log every retry
+                # One callback for the producer, not one per message: a per-message
+                # callback costs each produce() a reference to keep (~1 us of ~3).
+                "on_delivery": self._on_delivery,
             }
         )
         self.dropped = 0
@@ -68,7 +71,7 @@ class Outbox:
         dropped = queued = 0
         for value, key in messages:
             try:
-                self._producer.produce(self._topic, value, key, on_delivery=self._on_delivery)
+                self._producer.produce(self._topic, value, key)
                 queued += 1
             except BufferError:
                 dropped += 1

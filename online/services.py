@@ -12,6 +12,7 @@ import torch
 
 from features.online_reader import OnlineReader, open_reader
 from features.online_state import open_state_reader
+from models import thompson_kernel
 from models.registry import Registry
 from online import metrics
 from online.experiments import ExperimentsConfig, load_experiments
@@ -53,6 +54,7 @@ class Services:
         return key is not None and any(hmac.compare_digest(key, k) for k in self.keys)
 
     def start(self) -> None:
+        thompson_kernel.warm()  # compiled (or loaded from numba's cache) before /readyz
         self.live.start()
         self.reload()
         pinned = sorted(

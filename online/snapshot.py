@@ -13,16 +13,16 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from features.vectors import ITEM_DENSE_NAMES, user_dense
+from features.vectors import ITEM_DENSE_NAMES, user_dense_row
 from index.item_index import ItemIndex
-from models.data import FIRST_ITEM, PAD, ItemVocab, hash_ids
+from models.data import FIRST_ITEM, PAD, ItemVocab, hash_id
 from models.embed import item_embeddings
 from models.io import load_model
 from models.registry import Registry
@@ -92,15 +92,16 @@ class ModelSnapshot:
     row_codes: np.ndarray
 
     def user_vector(
-        self, user_id: str, recent_codes: np.ndarray, columns: dict[str, np.ndarray], now_ms: int
+        self, user_id: str, recent_codes: np.ndarray, row: Mapping[str, object], now_ms: int
     ) -> np.ndarray:
         """float32 [D]: the user tower on the user's live features (same transform as training).
 
-        `recent_codes`: vocabulary codes of the user's recent items, newest first (`codes`).
+        `recent_codes`: vocabulary codes of the user's recent items, newest first (`codes`);
+        `row`: the user's online feature row.
         """
         seq = recent_codes[: self.recent_items]
-        dense = user_dense(columns, now_ms)[0]
-        bucket = int(hash_ids([user_id], int(self.model.config.user_buckets))[0])
+        dense = user_dense_row(row, now_ms)
+        bucket = hash_id(user_id, int(self.model.config.user_buckets))
         return self.user_tower(bucket, seq, dense)
 
     def anchor(self, recent_codes: np.ndarray) -> np.ndarray | None:

@@ -90,11 +90,12 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "thompson": lambda: ThompsonPolicy(STATS),
     "thompson-wide": lambda: ThompsonPolicy(STATS, exploration=3.0, samples=64),
     "thompson-full": lambda: ThompsonPolicy(STATS, shortlist=False),
+    "thompson-numpy": lambda: ThompsonPolicy(STATS, compiled=False),  # the kernels' reference
     "thompson-mean": lambda: ThompsonPolicy(STATS, exploration=0.0),
     "greedy": lambda: GreedyPolicy(LEARNER),
     "random": lambda: RandomPolicy(),
 }
-STOCHASTIC = {"thompson", "thompson-wide", "thompson-full", "random"}
+STOCHASTIC = {"thompson", "thompson-wide", "thompson-full", "thompson-numpy", "random"}
 
 
 @pytest.fixture(params=sorted(POLICIES))
