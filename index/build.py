@@ -215,11 +215,27 @@ def _tune(
     else:
         cap = config.hnsw_max_ef_search
     effort = backend.effort or 1
+    below = 0  # the largest effort known to miss the target
     while True:
         recall = recall_at_k(backend.search(queries, k)[1], exact_rows)
         log.debug("tuning %s: effort %d -> recall@%d %.4f", backend.kind, effort, k, recall)
         if recall >= config.recall_target or effort >= cap:
-            return
+            break
+        below = effort
         # x1.5 steps: doubling overshoots (latency is about linear in the effort).
         effort = min(cap, max(effort + 1, effort * 3 // 2))
         backend.effort = effort
+    if recall < config.recall_target or below == 0:
+        return  # at the cap (the best there is), or the start effort already met the target
+    # The x1.5 step can overshoot by half: bisect back to the smallest effort that meets
+    # the target (recall rises with effort), since query time is about linear in it.
+    above = effort
+    while above - below > max(2, above // 20):
+        mid = (below + above) // 2
+        backend.effort = mid
+        if recall_at_k(backend.search(queries, k)[1], exact_rows) >= config.recall_target:
+            above = mid
+        else:
+            below = mid
+    backend.effort = above
+    log.debug("tuned %s effort to %d", backend.kind, above)

@@ -30,7 +30,7 @@ class Outbox:
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
-                "linger.ms": 20,  # ~100-event batches at 5k impressions/s: fewer wake-ups
+                "linger.ms": 100,  # ~500-event batches at 5k impressions/s: 20 ms cost ~100 us CPU a request more
                 "delivery.report.only.error": True,  # report failures only: no per-event callback
                 "compression.type": "lz4",
                 "queue.buffering.max.messages": buffer,

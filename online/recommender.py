@@ -146,10 +146,10 @@ class Recommender:
         self._impressions = impressions
         # Caches keyed by the objects they derive from, held (not their id(), which a
         # later object may reuse): policies per live view (its bandit parameters, every
-        # refresh); the board by code and the model's unknown new items per board and model.
+        # refresh); item statistics by code and the model's unknown new items per board and model.
         self._cached_view: LiveView | None = None
         self._policies: dict[tuple[str, float], Policy] = {}
-        self._boards: PerModel[BoardByCode] = PerModel(models.get)
+        self._item_stats_cache: PerModel[np.ndarray] = PerModel(models.get)
         self._unknown_new: PerModel[list[str]] = PerModel(models.get)
         self.blocked: frozenset[str] = frozenset()
 
@@ -269,9 +269,30 @@ class Recommender:
         _timed("total", t0)
         return RecAnswer(request_id, req.user_id, items, snap.version, name, degraded=False)
 
-    def _board(self, view: LiveView, snap: ModelSnapshot) -> BoardByCode:
-        """The board indexed by this model's codes (rebuilt when the board changes)."""
-        return self._boards.get(view.by_id, snap, lambda: BoardByCode.build(view.by_id, snap.codes))
+    def _item_stats(self, view: LiveView, snap: ModelSnapshot) -> np.ndarray:
+        """float64 [len(vocab), 5] by vocabulary code (rebuilt when the board changes): each
+        item's ctr, popularity, first-seen ms, clicks and impressions, live from the board
+        for hot items, the model's training-time statistics for the long tail, and the
+        prior (no counts) for codes below FIRST_ITEM. A request gathers its candidates'
+        rows with one fancy index."""
+
+        def build() -> np.ndarray:
+            board = BoardByCode.build(view.by_id, snap.codes)
+            stats = np.column_stack(
+                [
+                    snap.item_ctr,
+                    snap.item_popularity,
+                    np.zeros(len(snap.item_ctr)),
+                    snap.item_clicks,
+                    snap.item_impressions,
+                ]
+            ).astype(np.float64)
+            stats[:FIRST_ITEM] = (self._s.ctr_prior, 0.0, 0.0, 0.0, 0.0)
+            live = (board.ctr, board.popularity, board.first_ms, board.clicks, board.impressions)
+            stats[board.codes] = np.column_stack(live)
+            return stats
+
+        return self._item_stats_cache.get(view.by_id, snap, build)
 
     def _new_items(self, view: LiveView, snap: ModelSnapshot) -> list[str]:
         """Items the stream saw recently that the serving model does not know (rebuilt when
@@ -298,24 +319,12 @@ class Recommender:
         the model's training-time statistics for the long tail."""
         n = len(ids)
         known = codes >= FIRST_ITEM
-        ctr = np.where(known, snap.item_ctr[codes], self._s.ctr_prior)
-        pop = np.where(known, snap.item_popularity[codes], 0.0)
-        clicks = np.where(known, snap.item_clicks[codes], 0.0)
-        imps = np.where(known, snap.item_impressions[codes], 0.0)
-        first = np.zeros(n)
-        board = self._board(view, snap)
-        on_board, at = board.find(codes)
-        ctr[on_board], pop[on_board], first[on_board] = (
-            board.ctr[at],
-            board.popularity[at],
-            board.first_ms[at],
-        )
-        clicks[on_board], imps[on_board] = board.clicks[at], board.impressions[at]
+        stats = self._item_stats(view, snap)[codes]  # a copy: new items are filled in below
         for j in np.flatnonzero(~known).tolist():  # new items: by id
             e = view.by_id.get(ids[j])
             if e is not None:
-                ctr[j], pop[j], first[j] = e.ctr, e.popularity, e.first_ms
-                clicks[j], imps[j] = e.clicks, e.impressions
+                stats[j] = (e.ctr, e.popularity, e.first_ms, e.clicks, e.impressions)
+        ctr, pop, first, clicks, imps = stats.T
         x = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float64)
         x[:, _COL["bias"]] = 1.0
         x[:, _COL["retrieval_score"]] = scores

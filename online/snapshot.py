@@ -129,11 +129,10 @@ class ModelSnapshot:
     def affinity(self, codes: np.ndarray, anchor: np.ndarray | None) -> np.ndarray:
         """Cosine of each item (by vocabulary index, see `codes`) with the user's anchor;
         0 for no anchor or items unknown to this model."""
-        out = np.zeros(len(codes), dtype=np.float64)
         if anchor is None or not len(codes):
-            return out
-        known = codes >= FIRST_ITEM
-        out[known] = self.item_vectors[codes[known]] @ anchor
+            return np.zeros(len(codes), dtype=np.float64)
+        out = (self.item_vectors[codes] @ anchor).astype(np.float64)  # rows below FIRST_ITEM exist
+        out[codes < FIRST_ITEM] = 0.0
         return out
 
     def codes(self, item_ids: Sequence[str]) -> np.ndarray:

@@ -411,3 +411,21 @@ def test_config_rejects_typos_and_is_frozen():
         from index.faiss_backend import FaissBackend
 
         FaissBackend.build(np.eye(4, dtype=np.float32), "hnsw", cfg, use_gpu=True)
+
+
+def test_tuning_stops_near_the_smallest_effort_that_meets_the_target(big):
+    # Recall only rises with nprobe (more lists, a superset of candidates), so an effort
+    # a bisection step below the tuned one must miss the target on the tuning queries.
+    sample = clustered(400, 32, seed=3)
+    cfg = IndexConfig(kind="ivf", ivf_nprobe=2, recall_target=0.9)
+    index = build_index(big, ids_for(len(big)), cfg, sample_queries=sample)
+    tuned = index.info["params"]["nprobe"]
+    tune_queries = sample[:200]
+    exact = exact_search(big, tune_queries, K)[1]
+
+    def recall_at(nprobe: int) -> float:
+        index.backend.effort = nprobe  # type: ignore[attr-defined]
+        return set_recall(index.search_rows(tune_queries, K)[1], exact)
+
+    assert recall_at(tuned) >= 0.9
+    assert recall_at(tuned - max(2, tuned // 20)) < 0.9
