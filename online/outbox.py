@@ -30,7 +30,9 @@ class Outbox:
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
-                "linger.ms": 100,  # ~500-event batches at 5k impressions/s: 20 ms cost ~100 us CPU a request more
+                # ~500-event batches at 5k impressions/s. Measured at 250 requests/s of 10
+                # impressions: 20 ms cost ~100 us more CPU a request (more, smaller sends).
+                "linger.ms": 100,
                 "delivery.report.only.error": True,  # report failures only: no per-event callback
                 "compression.type": "lz4",
                 "queue.buffering.max.messages": buffer,
