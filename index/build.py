@@ -206,6 +206,9 @@ def _sample_queries(base: Floats, config: IndexConfig, given: npt.ArrayLike | No
     return np.ascontiguousarray(picked + noise * scale, dtype=np.float32)
 
 
+_TUNE_MARGIN = 0.01  # ~2 standard errors of recall@100 measured on 100-200 queries
+
+
 def _tune(
     backend: FaissBackend, queries: Floats, exact_rows: Rows, k: int, config: IndexConfig
 ) -> None:
@@ -228,12 +231,14 @@ def _tune(
     if recall < config.recall_target or below == 0:
         return  # at the cap (the best there is), or the start effort already met the target
     # The x1.5 step can overshoot by half: bisect back to the smallest effort that meets
-    # the target (recall rises with effort), since query time is about linear in it.
-    above = effort
+    # the target (recall rises with effort), since query time is about linear in it. The
+    # bisection asks for a margin over the target: its minimum, fitted to these queries,
+    # fell short on the held-out half (0.941 against 0.95 on the serving benchmark).
+    above, goal = effort, min(config.recall_target + _TUNE_MARGIN, recall)
     while above - below > max(2, above // 20):
         mid = (below + above) // 2
         backend.effort = mid
-        if recall_at_k(backend.search(queries, k)[1], exact_rows) >= config.recall_target:
+        if recall_at_k(backend.search(queries, k)[1], exact_rows) >= goal:
             above = mid
         else:
             below = mid

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from index import IndexConfig, ItemIndex, build_index, exact_search
 from index.base import VectorBackend
+from index.build import _TUNE_MARGIN
 from streamrec.errors import ArtifactError, ConfigError, DataError
 
 K = 100
@@ -415,7 +416,8 @@ def test_config_rejects_typos_and_is_frozen():
 
 def test_tuning_stops_near_the_smallest_effort_that_meets_the_target(big):
     # Recall only rises with nprobe (more lists, a superset of candidates), so an effort
-    # a bisection step below the tuned one must miss the target on the tuning queries.
+    # a bisection step below the tuned one must miss the target (plus the bisection's
+    # margin) on the tuning queries.
     sample = clustered(400, 32, seed=3)
     cfg = IndexConfig(kind="ivf", ivf_nprobe=2, recall_target=0.9)
     index = build_index(big, ids_for(len(big)), cfg, sample_queries=sample)
@@ -427,5 +429,6 @@ def test_tuning_stops_near_the_smallest_effort_that_meets_the_target(big):
         index.backend.effort = nprobe  # type: ignore[attr-defined]
         return set_recall(index.search_rows(tune_queries, K)[1], exact)
 
-    assert recall_at(tuned) >= 0.9
-    assert recall_at(tuned - max(2, tuned // 20)) < 0.9
+    assert recall_at(tuned) >= 0.9 + _TUNE_MARGIN
+    assert recall_at(tuned - max(2, tuned // 20)) < 0.9 + _TUNE_MARGIN
+    assert index.info["recall_at_100"] >= 0.9  # and the held-out half meets the target
