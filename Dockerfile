@@ -12,3 +12,6 @@ COPY online online
 COPY offline offline
 COPY benchmarks benchmarks
 RUN pip install --no-cache-dir .
+# Compile the Thompson-sampling kernels into numba's cache now, not at each first start.
+ENV NUMBA_CACHE_DIR=/app/.numba-cache
+RUN python -c "from models import thompson_kernel; thompson_kernel.warm()"

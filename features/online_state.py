@@ -67,6 +67,11 @@ class BoardEntry:
     last_ms: int
     first_ms: int
 
+    def stats(self) -> tuple[float, float, float, float, float]:
+        """(ctr, popularity, first_ms, clicks, impressions): the bandit's inputs, in the
+        column order of serving's item-statistics table."""
+        return (self.ctr, self.popularity, float(self.first_ms), self.clicks, self.impressions)
+
 
 def namespace(settings: Settings) -> str:
     """The Redis key prefix of the stream workers' group."""

@@ -26,9 +26,11 @@ for 0.962) were slower.
 
 HNSW stays available (`kind="hnsw"`) for catalogues where its graph does better.
 Whatever the kind, the build measures recall against exact search and, with
-`tune_search`, raises `nprobe` / `efSearch` step by step until `recall_target` is met or
-the cap is reached: the recall of the defaults then holds for the data actually indexed,
-not only for the data the defaults were picked on.
+`tune_search`, raises `nprobe` / `efSearch` step by step until `recall_target` (plus a
+0.01 margin) is met on half the sample queries or the cap is reached, then bisects back
+to the smallest effort that still meets it; the other half measures the recall recorded.
+The recall of the defaults then holds for the data actually indexed, not only for the
+data the defaults were picked on.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ class ThompsonPolicy:
         if not (ridge_ok and noise > 0 and 0 < ctr_prior_mean < 1 and ctr_prior_strength > 0):
             raise ConfigError("need ridge > 0, noise > 0, 0 < ctr_prior_mean < 1, strength > 0.")
         self.prior_mean = prior_mean
-        self.exploration = exploration
+        self.exploration = float(exploration)  # one type: the kernels compile per type
         self.samples = samples
         self.ridge = ridge
         self.noise = noise
@@ -199,7 +199,9 @@ class ThompsonPolicy:
     ) -> Slate:
         """`rank` through the compiled kernels: the same steps and the same draws, taken
         from `rng` in the same order, so the reference gives the same slate."""
-        x, base = cands.x, cands.offsets
+        # Writable C arrays: the types the kernels were compiled (and warmed) for.
+        x = np.require(cands.x, np.float64, ["C", "W"])
+        base = np.require(cands.offsets, np.float64, ["C", "W"])
         if self.shortlist and len(cands) > kk:
             keep = thompson_kernel.shortlist(
                 x, a, b, mean, chol, base, kk, self.exploration, _Z, CTR
@@ -208,7 +210,7 @@ class ThompsonPolicy:
             keep = np.arange(len(cands))
         x, a, b, base = x[keep], a[keep], b[keep], base[keep]
         theta_normals = rng.standard_normal((self.samples, D))
-        if a.size and (a.min() < 1.0 or b.min() < 3.0):  # as _beta_draws: exact Beta
+        if _exact_beta(a, b):
             exact = rng.beta(a, b, size=(self.samples, a.size))
             normals = np.zeros((0, a.size))
         else:
@@ -375,9 +377,14 @@ def _beta_draws(a: np.ndarray, b: np.ndarray, samples: int, rng: np.random.Gener
     are below 2e-4. Other shapes, where it degrades (a < 1; b < 3 sends whole low tails
     to 0), are drawn exactly.
     """
-    if a.size and (a.min() < 1.0 or b.min() < 3.0):
+    if _exact_beta(a, b):
         return rng.beta(a, b, size=(samples, a.size))
     return _beta_quantile(a, b, rng.standard_normal((samples, a.size)))
+
+
+def _exact_beta(a: np.ndarray, b: np.ndarray) -> bool:
+    """Shapes the Paulson quantile serves badly (see `_beta_draws`): draw exact Beta."""
+    return bool(a.size and (a.min() < 1.0 or b.min() < 3.0))
 
 
 def _slate_size(cands: Candidates, k: int) -> int:

@@ -46,7 +46,8 @@ class BanditStats:
     b: np.ndarray  # [D], sum of reward * x
     n: int = 0  # impressions
     clicks: int = 0  # rewards > 0
-    # (A, b, ridge, noise, mean, cov, chol) of the last posterior, reused while A, b hold.
+    # (key, (mean, cov, chol)) of the last posterior, reused while its inputs' bytes (the
+    # key: A, b, ridge, noise, prior mean) hold.
     _cache: tuple[Any, ...] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -141,8 +142,9 @@ class BanditStats:
             float(noise),
             None if m0_arr is None else (m0_arr.shape, m0_arr.tobytes()),
         )
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+        cached = self._cache  # read once: another thread may replace it
+        if cached is not None and cached[0] == key:
+            return cached[1]
         r = np.broadcast_to(ridge_arr, (D,))
         m0 = np.zeros(D) if m0_arr is None else m0_arr
         if not (bool((r > 0).all()) and noise > 0 and m0.shape == (D,)):

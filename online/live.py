@@ -38,15 +38,11 @@ class LiveView:
 
 @dataclass(frozen=True)
 class BoardByCode:
-    """The board's items one model knows, sorted by vocabulary code: a request looks up
-    its hundred candidates with one `searchsorted` instead of a hundred dict lookups."""
+    """The board's items one model knows, by vocabulary code: `stats` rows in the column
+    order of `BoardEntry.stats`, for serving's item-statistics table."""
 
     codes: np.ndarray  # int64 [m], sorted
-    ctr: np.ndarray  # float64 [m] each
-    popularity: np.ndarray
-    first_ms: np.ndarray
-    clicks: np.ndarray
-    impressions: np.ndarray
+    stats: np.ndarray  # float64 [m, 5]: ctr, popularity, first_ms, clicks, impressions
 
     @classmethod
     def build(
@@ -54,23 +50,10 @@ class BoardByCode:
     ) -> BoardByCode:
         entries = list(by_id.values())
         codes = codes_of([e.item_id for e in entries]) if entries else np.zeros(0, np.int64)
-        order = np.flatnonzero(codes >= FIRST_ITEM)
+        order = np.flatnonzero(codes >= FIRST_ITEM)  # unknown items: looked up by id
         order = order[np.argsort(codes[order], kind="stable")]
-        known = [entries[j] for j in order.tolist()]
-        cols = np.array(
-            [(e.ctr, e.popularity, e.first_ms, e.clicks, e.impressions) for e in known],
-            dtype=np.float64,
-        ).reshape(len(known), 5)
-        return cls(codes[order], *cols.T.copy())
-
-    def find(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mask of `codes` on the board, their board positions). Unknown codes (below the
-        model's first item) never match: look those items up by id."""
-        if not len(self.codes):
-            return np.zeros(len(codes), dtype=bool), np.zeros(0, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self.codes, codes), len(self.codes) - 1)
-        hit = self.codes[pos] == codes
-        return hit, pos[hit]
+        rows = [entries[j].stats() for j in order.tolist()]
+        return cls(codes[order], np.array(rows, dtype=np.float64).reshape(len(rows), 5))
 
 
 def empty_view() -> LiveView:

@@ -122,6 +122,21 @@ class _RequestRng(threading.local):
 _RNG = _RequestRng()
 
 
+def _training_stats(snap: ModelSnapshot, settings: Settings) -> np.ndarray:
+    """`Recommender._item_stats` before the board: the model's statistics by code."""
+    stats = np.column_stack(
+        [
+            snap.item_ctr,
+            snap.item_popularity,
+            np.zeros(len(snap.item_ctr)),  # first-seen: only the board knows it
+            snap.item_clicks,
+            snap.item_impressions,
+        ]
+    )
+    stats[:FIRST_ITEM] = (settings.ctr_prior, 0.0, 0.0, 0.0, 0.0)
+    return stats
+
+
 def _timed(stage: str, started: float) -> float:
     now = time.perf_counter()
     metrics.STAGE_SECONDS.labels(stage).observe(now - started)
@@ -149,6 +164,7 @@ class Recommender:
         # refresh); item statistics by code and the model's unknown new items per board and model.
         self._cached_view: LiveView | None = None
         self._policies: dict[tuple[str, float], Policy] = {}
+        self._training_stats: PerModel[np.ndarray] = PerModel(models.get)
         self._item_stats_cache: PerModel[np.ndarray] = PerModel(models.get)
         self._unknown_new: PerModel[list[str]] = PerModel(models.get)
         self.blocked: frozenset[str] = frozenset()
@@ -270,26 +286,18 @@ class Recommender:
         return RecAnswer(request_id, req.user_id, items, snap.version, name, degraded=False)
 
     def _item_stats(self, view: LiveView, snap: ModelSnapshot) -> np.ndarray:
-        """float64 [len(vocab), 5] by vocabulary code (rebuilt when the board changes): each
-        item's ctr, popularity, first-seen ms, clicks and impressions, live from the board
-        for hot items, the model's training-time statistics for the long tail, and the
-        prior (no counts) for codes below FIRST_ITEM. A request gathers its candidates'
-        rows with one fancy index."""
+        """float64 [len(vocab), 5] by vocabulary code: each item's ctr, popularity,
+        first-seen ms, clicks and impressions, live from the board for hot items, the
+        model's training-time statistics for the long tail, and the prior (no counts) for
+        codes below FIRST_ITEM. A request gathers its candidates' rows with one fancy
+        index. Rebuilt when the board changes (every refresh): a copy of the model's own
+        table (built once per model) with the board's rows written in."""
 
         def build() -> np.ndarray:
+            training = self._training_stats.get(snap, snap, lambda: _training_stats(snap, self._s))
             board = BoardByCode.build(view.by_id, snap.codes)
-            stats = np.column_stack(
-                [
-                    snap.item_ctr,
-                    snap.item_popularity,
-                    np.zeros(len(snap.item_ctr)),
-                    snap.item_clicks,
-                    snap.item_impressions,
-                ]
-            ).astype(np.float64)
-            stats[:FIRST_ITEM] = (self._s.ctr_prior, 0.0, 0.0, 0.0, 0.0)
-            live = (board.ctr, board.popularity, board.first_ms, board.clicks, board.impressions)
-            stats[board.codes] = np.column_stack(live)
+            stats = training.copy()
+            stats[board.codes] = board.stats
             return stats
 
         return self._item_stats_cache.get(view.by_id, snap, build)
@@ -323,7 +331,7 @@ class Recommender:
         for j in np.flatnonzero(~known).tolist():  # new items: by id
             e = view.by_id.get(ids[j])
             if e is not None:
-                stats[j] = (e.ctr, e.popularity, e.first_ms, e.clicks, e.impressions)
+                stats[j] = e.stats()
         ctr, pop, first, clicks, imps = stats.T
         x = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float64)
         x[:, _COL["bias"]] = 1.0

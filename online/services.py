@@ -116,8 +116,9 @@ def build_services(settings: Settings, *, kafka: bool = True) -> Services:
     impressions = ingest = None
     if kafka:
         bootstrap, topic = settings.bootstrap, settings.events_topic
-        impressions = Outbox("impression", bootstrap, topic, settings.impression_buffer)
-        ingest = Outbox("ingest", bootstrap, topic, settings.impression_buffer)
+        buffer = settings.impression_buffer
+        impressions = Outbox("impression", bootstrap, topic, buffer, linger_ms=100)
+        ingest = Outbox("ingest", bootstrap, topic, buffer)
     experiments = load_experiments(settings.experiments_file)
     recommender = Recommender(settings, models, features, live, impressions, experiments)
     return Services(

@@ -1,8 +1,10 @@
-"""Serving's candidate features (`Recommender._candidates`) against the plain per-request
-formulation they replaced: the board looked up per request, `np.where` per column."""
+"""Serving's per-request pieces against plain formulations: the candidates' features
+(`Recommender._candidates`) against the board looked up per request and `np.where` per
+column, and the request's random generator."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,8 +13,8 @@ import numpy as np
 from features.online_state import BoardEntry
 from models.bandit import FEATURE_NAMES
 from models.data import FIRST_ITEM, UNKNOWN, ItemVocab
-from online.live import BoardByCode, LiveView, empty_view
-from online.recommender import Recommender
+from online.live import LiveView, empty_view
+from online.recommender import Recommender, _RequestRng
 from streamrec.settings import load_settings
 
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -26,14 +28,11 @@ def reference(ids, codes, scores, anchor, snap, view, now_ms, ctr_prior, weight)
     clicks = np.where(known, snap.item_clicks[codes], 0.0)
     imps = np.where(known, snap.item_impressions[codes], 0.0)
     first = np.zeros(n)
-    board = BoardByCode.build(view.by_id, snap.codes)
-    on_board, at = board.find(codes)
-    ctr[on_board], pop[on_board], first[on_board] = (
-        board.ctr[at],
-        board.popularity[at],
-        board.first_ms[at],
-    )
-    clicks[on_board], imps[on_board] = board.clicks[at], board.impressions[at]
+    for j in np.flatnonzero(known).tolist():
+        e = view.by_id.get(ids[j])
+        if e is not None:
+            ctr[j], pop[j], first[j] = e.ctr, e.popularity, e.first_ms
+            clicks[j], imps[j] = e.clicks, e.impressions
     for j in np.flatnonzero(~known).tolist():
         e = view.by_id.get(ids[j])
         if e is not None:
@@ -47,7 +46,8 @@ def reference(ids, codes, scores, anchor, snap, view, now_ms, ctr_prior, weight)
     age_h = np.where(first > 0, np.maximum(now_ms - first, 0) / 3_600_000, np.inf)
     x[:, _COL["freshness"]] = np.exp(-age_h / 24.0)
     x[:, _COL["in_model"]] = known
-    x[:, _COL["affinity"]] = snap.affinity(codes, anchor)
+    if anchor is not None:
+        x[known, _COL["affinity"]] = snap.item_vectors[codes[known]] @ anchor
     base = weight * (x[:, _COL["retrieval_score"]] + x[:, _COL["affinity"]])
     return x, clicks, imps, base
 
@@ -86,6 +86,9 @@ def test_candidate_features_equal_the_per_request_formulation(tmp_path: Any) -> 
     holder: Any = SimpleNamespace(get=lambda version: snap if version == "v1" else None)
     rec = Recommender(settings, holder, None, None, None)  # type: ignore[arg-type]
     for trial in range(30):
+        if trial == 15:  # a board refresh: other items, other values; the table follows
+            moved = [replace(e, popularity=e.popularity + 50, ctr=e.ctr / 2) for e in board[::2]]
+            view = LiveView(view.bandit, by_id={e.item_id: e for e in moved})
         ids = [f"i{j}" for j in rng.choice(300, 40, replace=False)]
         ids += [f"new{j}" for j in range(trial % 6)] + ["never-seen"]
         codes = snap.codes(ids)
@@ -108,3 +111,28 @@ def test_candidate_features_equal_the_per_request_formulation(tmp_path: Any) -> 
             (cands.x, cands.clicks, cands.impressions, cands.base), want, strict=True
         ):
             np.testing.assert_array_equal(got, expected)
+
+
+def test_the_request_generator_follows_the_request_id_on_each_thread() -> None:
+    import threading
+    import uuid
+
+    ids = [uuid.uuid4().hex for _ in range(3)]
+    rng = _RequestRng()
+    first = [rng.seeded(r).standard_normal(4).tolist() for r in ids]
+    again = [rng.seeded(r).standard_normal(4).tolist() for r in reversed(ids)][::-1]
+    assert first == again  # the same id, the same draws, whatever came before
+    assert len({tuple(d) for d in first}) == 3
+    mine = rng.seeded(ids[0])
+    seen: list[tuple[bool, list[float]]] = []
+
+    def other_thread() -> None:
+        theirs = rng.seeded(ids[0])
+        seen.append((theirs is mine, theirs.random(4).tolist()))
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    worker.join()
+    shared, draws = seen[0]
+    assert not shared  # each thread has its own generator: no races on one state
+    assert draws == mine.random(4).tolist()  # ... seeded the same way from the id

