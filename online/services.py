@@ -117,7 +117,7 @@ def build_services(settings: Settings, *, kafka: bool = True) -> Services:
     if kafka:
         bootstrap, topic = settings.bootstrap, settings.events_topic
         buffer = settings.impression_buffer
-        impressions = Outbox("impression", bootstrap, topic, buffer, linger_ms=100)
+        impressions = Outbox("impression", bootstrap, topic, buffer)
         ingest = Outbox("ingest", bootstrap, topic, buffer)
     experiments = load_experiments(settings.experiments_file)
     recommender = Recommender(settings, models, features, live, impressions, experiments)
