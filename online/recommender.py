@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
-import msgspec
 import numpy as np
 
 from features.online_reader import OnlineReader
@@ -29,10 +28,10 @@ from models.bandit import (
     Policy,
     make_policy,
 )
-from models.bandit_state import encode_x
 from models.data import FIRST_ITEM, UNKNOWN
 from online import metrics
 from online.experiments import ExperimentsConfig, active_experiments, route
+from online.impressions import impression_messages
 from online.live import BoardByCode, LiveState, LiveView
 from online.outbox import Outbox
 from online.snapshot import ModelSnapshot, SnapshotHolder
@@ -41,7 +40,6 @@ from streamrec.events import format_ts
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
-_ENCODE = msgspec.json.Encoder().encode
 
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _V = TypeVar("_V")
@@ -384,25 +382,11 @@ class Recommender:
     ) -> None:
         if self._impressions is None or not items:
             return
-        # The wire form of contract v1, written directly: one msgspec encode per shown item.
         ctx: dict[str, str | int | float | bool] = dict(req.context)
         ctx["policy"] = policy
         if version:
             ctx["model"] = version
-        head = {"event_type": "impression", "user_id": req.user_id, "ts": format_ts(now_ms)}
-        key = req.user_id.encode()
-        messages = []
-        for pos, item in enumerate(items):
-            if x is not None:
-                ctx["x"] = encode_x(x[pos])
-            wire = {
-                "event_id": f"{request_id}-{pos}",
-                **head,
-                "item_id": item.item_id,
-                "request_id": request_id,
-                "position": pos,
-                "propensity": item.propensity,
-                "context": ctx,
-            }
-            messages.append((_ENCODE(wire), key))
+        shown = [(item.item_id, item.propensity) for item in items]
+        ts = format_ts(now_ms)
+        messages = impression_messages(request_id, req.user_id, ts, shown, ctx, x)
         self._impressions.offer_encoded(messages)
