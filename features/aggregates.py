@@ -89,8 +89,11 @@ def apply_user_event(state: UserState, ev: Event, cfg: AggregateConfig) -> bool:
     if ev.event_type in INTERACTIONS:
         # Kept sorted by (ts, arrival) ascending; a late event slots in where it belongs.
         recent: list[list[Any]] = state["recent"]
-        keys = [r[0] for r in recent]
-        recent.insert(bisect.bisect_right(keys, ev.ts_ms), [ev.ts_ms, ev.item_id])
+        if not recent or ev.ts_ms >= recent[-1][0]:
+            recent.append([ev.ts_ms, ev.item_id])  # in order: the common case
+        else:
+            keys = [r[0] for r in recent]
+            recent.insert(bisect.bisect_right(keys, ev.ts_ms), [ev.ts_ms, ev.item_id])
         if len(recent) > cfg.recent_items:
             del recent[: len(recent) - cfg.recent_items]
     return True
@@ -108,9 +111,9 @@ def prune_user_state(state: UserState, cfg: AggregateConfig) -> None:
                 del state[kind][etype]
     ids: dict[str, int] = state["ids"]
     horizon = last - cfg.dedupe_window_ms
-    stale = [k for k, ts in ids.items() if ts < horizon]
-    for k in stale:
-        del ids[k]
+    if ids and min(ids.values()) < horizon:  # usually none is: the scan in C decides
+        for k in [k for k, ts in ids.items() if ts < horizon]:
+            del ids[k]
     if len(ids) > cfg.dedupe_max_ids:
         for k, _ in sorted(ids.items(), key=lambda kv: kv[1])[: len(ids) - cfg.dedupe_max_ids]:
             del ids[k]
@@ -140,15 +143,22 @@ def user_features(state: UserState) -> FeatureRow:
 # --- items -------------------------------------------------------------------------
 
 
-def item_increments(ev: Event) -> list[str]:
+def item_increments(ev: Event) -> tuple[str, ...]:
     """The item counter fields one event bumps by one."""
+    return minute_increments(ev.event_type, ev.ts_ms // MINUTE_MS)
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def minute_increments(event_type: str, minute: int) -> tuple[str, ...]:
+    """The item counter fields an event of this type in this minute bumps (cached)."""
+    hour = minute // (HOUR_MS // MINUTE_MS)
     fields: list[str] = []
-    if ev.event_type in ITEM_COUNTED:
-        fields.append(f"{ev.event_type}:m{ev.ts_ms // MINUTE_MS}")
-        fields.append(f"{ev.event_type}:h{ev.ts_ms // HOUR_MS}")
-    if ev.event_type in INTERACTIONS:
-        fields.append(f"i:h{ev.ts_ms // HOUR_MS}")
-    return fields
+    if event_type in ITEM_COUNTED:
+        fields.append(f"{event_type}:m{minute}")
+        fields.append(f"{event_type}:h{hour}")
+    if event_type in INTERACTIONS:
+        fields.append(f"i:h{hour}")
+    return tuple(fields)
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -249,8 +249,10 @@ def _parse_fast(
 ) -> Event | None:
     """The event if the msgspec schema accepts it, else None (the slow path decides)."""
     try:
-        # msgspec skips ignored fields without checking their UTF-8; json.loads does not.
-        raw.decode()
+        # msgspec checks the UTF-8 of every string it decodes, but skips ignored fields
+        # unchecked (json.loads would refuse them); the strict schema ignores none.
+        if unknown_fields != "reject":
+            raw.decode()
         w = _FAST[unknown_fields].decode(raw)
     # UnicodeDecodeError is a ValueError; deep nesting in an ignored field recurses.
     except (msgspec.MsgspecError, ValueError, RecursionError):

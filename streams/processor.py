@@ -13,11 +13,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from features.aggregates import (
+    MINUTE_MS,
     AggregateConfig,
     UserState,
     apply_user_event,
     item_features,
-    item_increments,
+    minute_increments,
     new_user_state,
     prune_user_state,
     stale_item_fields,
@@ -112,58 +113,81 @@ class FeatureProcessor:
         stats.replayed = len(batch) - len(fresh)
         if not fresh:
             return stats
-        if len(self._users) > _MAX_CACHED_USERS:
-            self._users.clear()
-        missing = {ev.user_id for _, _, ev in fresh if ev and ev.user_id not in self._users}
-        self._users.update(self._state.load_users(missing))
-        item_counts: dict[str, dict[str, int]] = defaultdict(dict)
+        users = self._users
+        if len(users) > _MAX_CACHED_USERS:
+            users.clear()
+        missing = {ev.user_id for _, _, ev in fresh if ev and ev.user_id not in users}
+        users.update(self._state.load_users(missing))
         delta = self._bandit_delta(fresh)
-        dirty_users: dict[int, set[str]] = defaultdict(set)
-        dirty_items: dict[int, set[str]] = defaultdict(set)
+        rewards = self._rewards if delta is not None else None
+        cfg = self._cfg
+        offsets = update.offsets
+        # The per-event loop only folds and tallies; everything per entity comes after it.
+        touched: dict[str, _Touched] = {}
+        tallies: dict[tuple[str, str, int], int] = {}  # (item, event type, minute) -> events
+        item_last = update.item_last
         try:
             for p, offset, ev in fresh:
-                update.offsets[p] = offset
+                offsets[p] = offset
                 if ev is None:
                     stats.invalid += 1
                     continue
-                state = self._users.get(ev.user_id)
-                if state is None:
-                    state = self._users[ev.user_id] = new_user_state()
-                if not apply_user_event(state, ev, self._cfg):
+                t = touched.get(ev.user_id)
+                if t is None:
+                    state = users.get(ev.user_id)
+                    if state is None:
+                        state = users[ev.user_id] = new_user_state()
+                    t = touched[ev.user_id] = _Touched(state, p)
+                if not apply_user_event(t.state, ev, cfg):
                     stats.duplicates += 1
                     continue
-                stats.applied += 1
-                update.users[ev.user_id] = state
-                if delta is not None and self._rewards is not None:
-                    self._rewards.observe(state, ev, delta)
-                dirty_users[p].add(ev.user_id)
-                oldest, n = self._pending.get(ev.user_id, (ev.ts_ms, 0))
-                self._pending[ev.user_id] = (min(oldest, ev.ts_ms), n + 1)
-                fields = item_increments(ev)
-                if fields:
-                    counts = item_counts[ev.item_id]
-                    for f in fields:
-                        counts[f] = counts.get(f, 0) + 1
-                if ev.ts_ms > update.item_last.get(ev.item_id, 0):
-                    update.item_last[ev.item_id] = ev.ts_ms
-                dirty_items[owner_partition(ev.item_id, self._partitions)].add(ev.item_id)
-            for state in update.users.values():
-                prune_user_state(state, self._cfg)
-                if self._rewards is not None:
-                    self._rewards.prune(state)
+                ts = ev.ts_ms
+                t.applied += 1
+                if ts < t.oldest_ms:
+                    t.oldest_ms = ts
+                if rewards is not None:
+                    rewards.observe(t.state, ev, delta)  # type: ignore[arg-type]  # set with it
+                key = (ev.item_id, ev.event_type, ts // MINUTE_MS)
+                tallies[key] = tallies.get(key, 0) + 1
+                if ts > item_last.get(ev.item_id, 0):
+                    item_last[ev.item_id] = ts
+            self._settle_users(touched, update)
+            stats.applied = sum(t.applied for t in touched.values())
             if delta is not None and delta.touched:
                 update.counters = delta.counters()
-            update.item_counts = dict(item_counts)
-            update.dirty_users = dict(dirty_users)
+            update.item_counts = _item_counts(tallies)
+            dirty_items: dict[int, set[str]] = defaultdict(set)
+            for item in item_last:
+                dirty_items[owner_partition(item, self._partitions)].add(item)
             update.dirty_items = dict(dirty_items)
             self._state.commit(update)
         except BaseException:
-            self._users.clear()  # the cache may hold changes that never committed
+            users.clear()  # the cache may hold changes that never committed
             raise
         self._applied.update(update.offsets)
         metrics.EVENTS.labels("applied").inc(stats.applied)
         metrics.EVENTS.labels("duplicate").inc(stats.duplicates)
         return stats
+
+    def _settle_users(self, touched: dict[str, _Touched], update: BatchUpdate) -> None:
+        """Prune the users a batch changed; mark them dirty and pending for their rows."""
+        dirty: dict[int, set[str]] = defaultdict(set)
+        pending = self._pending
+        for user, t in touched.items():
+            if not t.applied:
+                continue  # only duplicates: nothing changed
+            prune_user_state(t.state, self._cfg)
+            if self._rewards is not None:
+                self._rewards.prune(t.state)
+            update.users[user] = t.state
+            dirty[t.partition].add(user)
+            seen = pending.get(user)
+            pending[user] = (
+                (t.oldest_ms, t.applied)
+                if seen is None
+                else (min(seen[0], t.oldest_ms), seen[1] + t.applied)
+            )
+        update.dirty_users = dict(dirty)
 
     def _bandit_delta(self, fresh: Sequence[Message]) -> BanditDelta | None:
         """A delta seeded with the current River weights, if the batch has anything to join."""
@@ -207,6 +231,29 @@ class FeatureProcessor:
             metrics.ROWS.labels(USER_VIEW).inc(len(user_rows))
             metrics.ROWS.labels(ITEM_VIEW).inc(len(item_rows))
         return written
+
+
+@dataclass(slots=True)
+class _Touched:
+    """A user one batch touched: its state, partition, and what it applied."""
+
+    state: UserState
+    partition: int
+    oldest_ms: int = 1 << 62
+    applied: int = 0
+
+
+def _item_counts(tallies: dict[tuple[str, str, int], int]) -> dict[str, dict[str, int]]:
+    """Counter increments per item from (item, event type, minute) tallies."""
+    counts: dict[str, dict[str, int]] = {}
+    for (item, event_type, minute), n in tallies.items():
+        fields = minute_increments(event_type, minute)
+        c = counts.get(item)
+        if c is None:
+            c = counts[item] = {}
+        for f in fields:
+            c[f] = c.get(f, 0) + n
+    return counts
 
 
 def _board_entry(item_id: str, row: dict[str, float], last_ms: int) -> BoardEntry:

@@ -228,8 +228,8 @@ def test_smoothed_ctr_known_value() -> None:
 
 def test_item_increments_fields() -> None:
     m, h = T0 // MINUTE_MS, T0 // HOUR_MS
-    assert item_increments(_ev(0, T0, "click")) == [f"click:m{m}", f"click:h{h}", f"i:h{h}"]
-    assert item_increments(_ev(0, T0, "impression")) == [f"impression:m{m}", f"impression:h{h}"]
-    assert item_increments(_ev(0, T0, "view")) == [f"i:h{h}"]
+    assert item_increments(_ev(0, T0, "click")) == (f"click:m{m}", f"click:h{h}", f"i:h{h}")
+    assert item_increments(_ev(0, T0, "impression")) == (f"impression:m{m}", f"impression:h{h}")
+    assert item_increments(_ev(0, T0, "view")) == (f"i:h{h}",)
     c = {f"click:m{m}": 1, f"click:m{m - 60}": 1, f"i:h{h - 24}": 2, f"click:h{h - 23}": 1}
     assert sorted(stale_item_fields(c, T0)) == sorted([f"click:m{m - 60}", f"i:h{h - 24}"])

@@ -290,6 +290,13 @@ def test_fast_path_never_changes_the_verdict() -> None:
     cases += [with_(user_id="é" * 128), with_(user_id="é" * 129), with_(user_id="\U0001f600" * 128)]
     cases += [b'{"event_id":"a","event_id":"b"' + with_()[1:]]  # duplicate key: last wins
     cases += [with_()[:-1] + b',"zz":' + b"[" * 1000 + b"]" * 1000 + b"}"]  # deep, ignored
+    # invalid UTF-8 in each kind of string the strict schema decodes (it skips no field)
+    cases += [
+        with_(context={"kXX": "v"}).replace(b"kXX", b"k\xff"),
+        with_(context={"k": "vXX"}).replace(b"vXX", b"v\xed\xa0\x80"),
+        with_(request_id="rXX").replace(b"rXX", b"r\xc3"),
+        with_()[:-1] + b',"zz\xff":1}',
+    ]
     cases += [_random_bytes(rng) for _ in range(1500)]
     cases += [json.dumps(_random_obj(rng)).encode() for _ in range(1500)]
     fast_hits = 0
