@@ -107,10 +107,10 @@ def sqlite_write_board(db: sqlite3.Connection, entries: Sequence[BoardEntry]) ->
     )
 
 
-def redis_add_counters(pipe: redis.client.Pipeline, ns: str, deltas: dict[str, float]) -> None:
+def redis_counter_commands(ns: str, deltas: dict[str, float]) -> list[tuple[str, str, float]]:
+    """The commands that add deltas to the shared counters (for `redis_wire`)."""
     key = f"{ns}:counters"
-    for name, value in deltas.items():
-        pipe.hincrbyfloat(key, name, value)
+    return [("HINCRBYFLOAT", key, name, value) for name, value in deltas.items()]  # type: ignore[misc]
 
 
 _BOARD_ENCODER = msgspec.json.Encoder()

@@ -6,7 +6,7 @@ HSET. The stream writes tens of thousands of feature rows a second and the API r
 hundred rows per request, so both pack the RESP frames here and read the replies
 straight off the connection. Connections, timeouts, auth and retries stay the client's.
 
-Not a transaction: a batch that must be atomic still goes through `pipeline(transaction=True)`.
+`run` is not a transaction; `transaction` wraps the same packed frames in MULTI/EXEC.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import hiredis
+import redis.exceptions
 
 if TYPE_CHECKING:
     import redis
@@ -54,3 +55,28 @@ def run(client: redis.Redis, commands: Iterable[Sequence[Arg]]) -> list[Any]:
     # (hiredis's stub types its argument as a one-element tuple)
     frames = [hiredis.pack_command(tuple(c)) for c in commands]  # type: ignore[arg-type]
     return round_trip(client, frames, len(frames))
+
+
+_MULTI = hiredis.pack_command(("MULTI",))
+_EXEC = hiredis.pack_command(("EXEC",))
+
+
+def transaction(client: redis.Redis, commands: Iterable[Sequence[Arg]]) -> list[Any]:
+    """Run commands atomically (MULTI ... EXEC, one round trip); their replies.
+
+    A command Redis refuses while queueing (wrong arity, unknown command) aborts the
+    whole transaction: its error reply raises before EXEC's reply is read, and EXEC
+    discards the queue. An error while executing cannot be undone by Redis (none of our
+    commands can fail that way on keys of the right type); it raises here all the same.
+    """
+    frames = [_MULTI]
+    frames += [hiredis.pack_command(tuple(c)) for c in commands]  # type: ignore[arg-type]
+    frames.append(_EXEC)
+    replies = round_trip(client, frames, len(frames))
+    results = replies[-1]
+    if not isinstance(results, list):
+        raise redis.exceptions.ResponseError(f"transaction aborted: {results!r}")
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return results

@@ -1,0 +1,109 @@
+"""RedisStreamState against a real redis-server: held to SqliteStreamState, and atomic."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from features import redis_wire
+from streamrec.errors import StoreError
+from streams.state import BatchUpdate
+from streams.state_redis import RedisStreamState
+from streams.state_sqlite import SqliteStreamState
+
+pytestmark = pytest.mark.integration
+
+USER = {
+    "last": 1000,
+    "m": {"click": {"0": 2}},
+    "h": {"click": {"0": 2}},
+    "recent": [[900, "i1"], [1000, "ü-item"]],
+    "ids": {"e1": 900, "e2": 1000},
+}
+
+
+def _batches() -> list[BatchUpdate]:
+    first = BatchUpdate(
+        topic="events",
+        offsets={0: 5, 1: 9},
+        users={"u1": USER, "u:2": {**USER, "last": 7}},
+        item_counts={"i1": {"click:m1": 2, "i:h0": 1}, "i 2": {"impression:h0": 1}},
+        item_last={"i1": 100, "i 2": 70},
+        dirty_users={0: {"u1"}, 1: {"u:2"}},
+        dirty_items={1: {"i1", "i 2"}},
+        counters={"w.bias": 0.25, "n.greedy": 1.0},
+    )
+    second = BatchUpdate(
+        topic="events",
+        offsets={0: 8},
+        users={"u1": {**USER, "last": 2000}},
+        item_counts={"i1": {"click:m1": 1}},
+        item_last={"i1": 90},  # older than what is stored: the max stays
+        dirty_users={0: {"u1"}},
+        dirty_items={1: {"i1"}},
+        counters={"w.bias": -0.5},
+    )
+    return [first, second]
+
+
+@pytest.fixture
+def state(redis_url: str) -> Iterator[RedisStreamState]:
+    s = RedisStreamState(redis_url, f"test-state-{uuid.uuid4().hex[:8]}")
+    yield s
+    s.close()
+
+
+def test_commits_read_back_like_the_sqlite_state(state: RedisStreamState, tmp_path: Path) -> None:
+    sqlite = SqliteStreamState(tmp_path / "state.db")
+    try:
+        for update in _batches():
+            state.commit(update)
+            sqlite.commit(update)
+        for s in (state, sqlite):
+            assert s.applied_offsets("events", [0, 1, 2]) == {0: 8, 1: 9, 2: -1}
+        assert state.load_users(["u1", "u:2", "nobody"]) == sqlite.load_users(
+            ["u1", "u:2", "nobody"]
+        )
+        assert state.load_users(["u1"])["u1"]["last"] == 2000
+        items = state.load_items(["i1", "i 2", "none"])
+        assert items == sqlite.load_items(["i1", "i 2", "none"])
+        assert items["i1"] == ({"click:m1": 3, "i:h0": 1}, 100)
+        assert state.load_counters() == pytest.approx(sqlite.load_counters())
+        assert state.load_counters() == pytest.approx({"w.bias": -0.25, "n.greedy": 1.0})
+        for p, users, its in ((0, ["u1"], []), (1, ["u:2"], ["i 2", "i1"])):
+            for s in (state, sqlite):
+                claimed = s.claim_dirty(p)
+                assert sorted(claimed.users) == users and sorted(claimed.items) == its
+    finally:
+        sqlite.close()
+
+
+def test_a_refused_command_aborts_the_whole_transaction(redis_client: redis.Redis) -> None:
+    key = f"test-tx-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(redis.ResponseError):
+        redis_wire.transaction(redis_client, [("SET", key, "1"), ("HSET", key)])  # arity
+    assert redis_client.get(key) is None  # the SET before it never ran
+    assert redis_wire.transaction(redis_client, [("SET", key, "1"), ("INCR", key)]) == [b"OK", 2]
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        redis_wire.transaction(redis_client, [("HSET", key, "f", "v")])  # fails inside EXEC
+    assert redis_client.ping()  # the connection was not left with unread replies
+    redis_client.delete(key)
+
+
+def test_a_failed_commit_is_a_store_error(redis_url: str) -> None:
+    ns = f"test-state-{uuid.uuid4().hex[:8]}"
+    state = RedisStreamState(redis_url, ns)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.set(f"{ns}:ilast", "not a sorted set")
+        update = BatchUpdate(topic="events", offsets={0: 1}, item_last={"i1": 5})
+        with pytest.raises(StoreError, match="commit failed"):
+            state.commit(update)
+    finally:
+        client.delete(f"{ns}:ilast", f"{ns}:offsets:events")
+        client.close()
+        state.close()
