@@ -71,6 +71,11 @@ def _encode_int(value: int) -> bytes:
     return b"\x20" + _varint(value)  # counts repeat endlessly: cached
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _list_entry(value: str) -> bytes:
+    return _len_prefixed(0x0A, value.encode())  # item ids of recent-item lists repeat too
+
+
 def encode_value(value: Any) -> bytes:
     """A feast `Value` protobuf for an int, float, str or list of str."""
     if type(value) is int:
@@ -84,7 +89,7 @@ def encode_value(value: Any) -> bytes:
     if isinstance(value, str):
         return _len_prefixed(0x12, value.encode())
     if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
-        inner = b"".join(_len_prefixed(0x0A, s.encode()) for s in value)
+        inner = b"".join(map(_list_entry, value))
         return _len_prefixed(0x62, inner)
     raise TypeError(f"no Feast encoding for {type(value).__name__}")
 

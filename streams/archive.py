@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections import defaultdict
+from operator import attrgetter
 from pathlib import Path
 
 import pyarrow as pa
@@ -43,6 +44,20 @@ SCHEMA = pa.schema(
         ("kafka_offset", pa.int64()),
     ]
 )
+# Dictionary pages only where values repeat. pyarrow's default tries one for every
+# column and gives up on the unique ones (event and request ids) after filling it:
+# measured here, 1.3 us an event to write against 0.4, and a third larger file.
+DICTIONARY_COLUMNS = ["event_type", "user_id", "item_id", "context", "kafka_partition", "position"]
+_EVENT_COLUMNS = [
+    ("event_id", attrgetter("event_id")),
+    ("event_type", attrgetter("event_type")),
+    ("user_id", attrgetter("user_id")),
+    ("item_id", attrgetter("item_id")),
+    ("event_timestamp", attrgetter("ts_ms")),
+    ("request_id", attrgetter("request_id")),
+    ("position", attrgetter("position")),
+    ("propensity", attrgetter("propensity")),
+]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -67,6 +82,9 @@ class ArchiveSink:
         self._flushed: dict[int, int] = {}  # partition -> last offset checkpointed
         self._rows = 0
         self._since = time.monotonic()
+        # The first table pyarrow builds imports pandas (~0.5 s): pay it here, not as a
+        # stall in the middle of the stream.
+        pa.table({"warm": [0]})
 
     # --- recovery --------------------------------------------------------------------
 
@@ -144,22 +162,12 @@ class ArchiveSink:
         for offset, ev in rows:
             by_hour[ev.ts_ms // 3_600_000].append((offset, ev))
         for hour, chunk in by_hour.items():
-            table = pa.table(
-                {
-                    "event_id": [e.event_id for _, e in chunk],
-                    "event_type": [e.event_type for _, e in chunk],
-                    "user_id": [e.user_id for _, e in chunk],
-                    "item_id": [e.item_id for _, e in chunk],
-                    "event_timestamp": [e.ts_ms for _, e in chunk],
-                    "request_id": [e.request_id for _, e in chunk],
-                    "position": [e.position for _, e in chunk],
-                    "propensity": [e.propensity for _, e in chunk],
-                    "context": [json.dumps(e.context) if e.context else None for _, e in chunk],
-                    "kafka_partition": [partition] * len(chunk),
-                    "kafka_offset": [o for o, _ in chunk],
-                },
-                schema=SCHEMA,
-            )
+            events = [e for _, e in chunk]
+            columns = {name: list(map(get, events)) for name, get in _EVENT_COLUMNS}
+            columns["context"] = [json.dumps(e.context) if e.context else None for e in events]
+            columns["kafka_partition"] = [partition] * len(chunk)
+            columns["kafka_offset"] = [o for o, _ in chunk]
+            table = pa.Table.from_pydict(columns, schema=SCHEMA)
             out = (
                 self._root
                 / _hour_dir(hour)
@@ -167,6 +175,6 @@ class ArchiveSink:
             )
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.parent / f".{out.name}.tmp"  # dot-files are ignored by dataset readers
-            pq.write_table(table, tmp, compression="zstd")
+            pq.write_table(table, tmp, compression="zstd", use_dictionary=DICTIONARY_COLUMNS)
             os.replace(tmp, out)
         return len(rows)
