@@ -66,7 +66,10 @@ class Settings(BaseSettings):
         20000, ge=1, description="Most events one micro-batch takes from Kafka."
     )
     batch_max_wait_ms: int = Field(
-        100, ge=1, description="Longest a micro-batch waits to fill before it is processed."
+        100,
+        ge=1,
+        description="Longest an idle worker waits for events. A busy one takes what has"
+        " been fetched without waiting: its batches fill while it works.",
     )
     materialize_interval_ms: int = Field(
         200,

@@ -170,7 +170,10 @@ class StreamWorker:
         )
         try:
             while not self._stop.is_set():
-                msgs = self._consumer.consume(self._s.batch_max_events, wait_s)
+                # Take what the fetcher already holds; wait only when it holds nothing.
+                msgs = self._consumer.consume(self._s.batch_max_events, 0)
+                if not msgs:
+                    msgs = self._consumer.consume(self._s.batch_max_events, wait_s)
                 if msgs:
                     self._last_message = time.monotonic()
                     self._handle(msgs)
@@ -216,6 +219,7 @@ class StreamWorker:
                     dead.append(DeadLetter(value, m.key(), p, offset, exc))
             batch.append((p, offset, ev))
             self._archive.add(p, offset, ev)
+        self._archive.encode()
         self._dlq.publish(dead)  # before the commit that moves past them
         self._processor.process(batch)
         self.handled += len(batch)
