@@ -206,15 +206,19 @@ class ArchiveSink:
 
 def _record_batches(partition: int, rows: list[tuple[int, Event]]) -> dict[int, pa.RecordBatch]:
     """One partition's rows as Arrow record batches, one per event hour."""
+    hours = {ev.ts_ms // 3_600_000 for _, ev in rows}
+    if len(hours) == 1:  # a micro-batch rarely straddles an hour
+        return {hours.pop(): _record_batch(partition, rows)}
     by_hour: dict[int, list[tuple[int, Event]]] = defaultdict(list)
     for row in rows:
         by_hour[row[1].ts_ms // 3_600_000].append(row)
-    out = {}
-    for hour, chunk in by_hour.items():
-        events = [e for _, e in chunk]
-        columns = {name: list(map(get, events)) for name, get in _EVENT_COLUMNS}
-        columns["context"] = [json.dumps(e.context) if e.context else None for e in events]
-        columns["kafka_partition"] = [partition] * len(chunk)
-        columns["kafka_offset"] = [o for o, _ in chunk]
-        out[hour] = pa.RecordBatch.from_pydict(columns, schema=SCHEMA)
-    return out
+    return {hour: _record_batch(partition, chunk) for hour, chunk in by_hour.items()}
+
+
+def _record_batch(partition: int, rows: list[tuple[int, Event]]) -> pa.RecordBatch:
+    events = [e for _, e in rows]
+    columns = {name: list(map(get, events)) for name, get in _EVENT_COLUMNS}
+    columns["context"] = [json.dumps(e.context) if e.context else None for e in events]
+    columns["kafka_partition"] = [partition] * len(rows)
+    columns["kafka_offset"] = [o for o, _ in rows]
+    return pa.RecordBatch.from_pydict(columns, schema=SCHEMA)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import msgspec
 import redis
 
 from features import online_state, redis_wire
@@ -31,17 +32,23 @@ return out
 """
 
 
-# All item counter increments of a batch in one call: ARGV = prefix, then (item, field, n)*.
-# Run with EVAL (see commit).
+# All item counter increments of a batch in one call: ARGV = prefix, then one JSON object
+# {item: {field: n}}. One argument instead of three per field: packing those was most of
+# the commit's packing time (cjson is Redis's own). Counts are small integers, exact as
+# Lua numbers. Run with EVAL (see commit).
 # (Keys are built inside the script: fine on one Redis; on Redis Cluster the namespace
 # would need a {hash tag} so every key shares a slot.)
 _INCR = """
 local prefix = ARGV[1]
-for i = 2, #ARGV, 3 do
-  redis.call('HINCRBY', prefix .. ARGV[i], ARGV[i + 1], ARGV[i + 2])
+for item, fields in pairs(cjson.decode(ARGV[2])) do
+  local key = prefix .. item
+  for field, n in pairs(fields) do
+    redis.call('HINCRBY', key, field, n)
+  end
 end
 return 0
 """
+_JSON = msgspec.json.Encoder()
 
 
 class RedisStreamState:
@@ -86,11 +93,7 @@ class RedisStreamState:
                 mset += (f"{ns}:u:{u}", encode(s))
             commands.append(mset)
         if update.item_counts:
-            incr: list[redis_wire.Arg] = ["EVAL", _INCR, 0, f"{ns}:i:"]
-            for item, counts in update.item_counts.items():
-                for fld, n in counts.items():
-                    incr += (item, fld, n)
-            commands.append(incr)
+            commands.append(("EVAL", _INCR, 0, f"{ns}:i:", _JSON.encode(update.item_counts)))
         if update.item_last:
             zadd: list[redis_wire.Arg] = ["ZADD", f"{ns}:ilast", "GT"]
             for item, ts in update.item_last.items():

@@ -41,10 +41,10 @@ def _batches() -> list[BatchUpdate]:
         topic="events",
         offsets={0: 8},
         users={"u1": {**USER, "last": 2000}},
-        item_counts={"i1": {"click:m1": 1}},
-        item_last={"i1": 90},  # older than what is stored: the max stays
+        item_counts={"i1": {"click:m1": 1}, 'ü"\\3': {"click:m1": 40_000_000}},  # JSON-escaped
+        item_last={"i1": 90, 'ü"\\3': 1_800_000_000_000},  # i1: older: the max stays
         dirty_users={0: {"u1"}},
-        dirty_items={1: {"i1"}},
+        dirty_items={1: {"i1", 'ü"\\3'}},
         counters={"w.bias": -0.5},
     )
     return [first, second]
@@ -69,12 +69,14 @@ def test_commits_read_back_like_the_sqlite_state(state: RedisStreamState, tmp_pa
             ["u1", "u:2", "nobody"]
         )
         assert state.load_users(["u1"])["u1"]["last"] == 2000
-        items = state.load_items(["i1", "i 2", "none"])
-        assert items == sqlite.load_items(["i1", "i 2", "none"])
+        odd = 'ü"\\3'
+        items = state.load_items(["i1", "i 2", odd, "none"])
+        assert items == sqlite.load_items(["i1", "i 2", odd, "none"])
         assert items["i1"] == ({"click:m1": 3, "i:h0": 1}, 100)
+        assert items[odd] == ({"click:m1": 40_000_000}, 1_800_000_000_000)
         assert state.load_counters() == pytest.approx(sqlite.load_counters())
         assert state.load_counters() == pytest.approx({"w.bias": -0.25, "n.greedy": 1.0})
-        for p, users, its in ((0, ["u1"], []), (1, ["u:2"], ["i 2", "i1"])):
+        for p, users, its in ((0, ["u1"], []), (1, ["u:2"], ["i 2", "i1", odd])):
             for s in (state, sqlite):
                 claimed = s.claim_dirty(p)
                 assert sorted(claimed.users) == users and sorted(claimed.items) == its
