@@ -16,7 +16,9 @@ BATCH_SECONDS = Histogram(
 )
 FRESHNESS = Histogram(
     "streamrec_feature_freshness_seconds",
-    "Event time to the feature row being written to the online store.",
+    "Event time to the feature row being written to the online store, by feature view"
+    " (a row's oldest unwritten event).",
+    ["view"],
     buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30, 60),
 )
 ROWS = Counter(

@@ -49,9 +49,11 @@ class BatchStats:
 
 @dataclass
 class Freshness:
-    """Event time -> feature row written, per row, with the number of events it carried.
+    """Event time -> feature row written, per row, with a weight.
 
     A row's lag is taken from its oldest unwritten event: an upper bound for the others.
+    User rows weigh the events they carried (the owner counts them); item rows weigh one
+    each (their events come from every worker, and the state keeps only the oldest time).
     """
 
     lags_ms: list[int] = field(default_factory=list)
@@ -82,7 +84,8 @@ class FeatureProcessor:
         # Users of owned partitions: this worker is their only writer, so the cache is exact.
         self._users: dict[str, UserState] = {}
         self._pending: dict[str, tuple[int, int]] = {}  # user -> (oldest ts, events)
-        self.freshness = Freshness()
+        self.freshness = Freshness()  # user rows
+        self.item_freshness = Freshness()  # item rows, one weight each
 
     # --- ownership ---------------------------------------------------------------------
 
@@ -125,7 +128,7 @@ class FeatureProcessor:
         # The per-event loop only folds and tallies; everything per entity comes after it.
         touched: dict[str, _Touched] = {}
         tallies: dict[tuple[str, str, int], int] = {}  # (item, event type, minute) -> events
-        item_last = update.item_last
+        spans: dict[str, list[int]] = {}  # item -> [oldest, latest event time]
         try:
             for p, offset, ev in fresh:
                 offsets[p] = offset
@@ -147,18 +150,25 @@ class FeatureProcessor:
                     t.oldest_ms = ts
                 if rewards is not None:
                     rewards.observe(t.state, ev, delta)  # type: ignore[arg-type]  # set with it
-                key = (ev.item_id, ev.event_type, ts // MINUTE_MS)
+                item = ev.item_id
+                key = (item, ev.event_type, ts // MINUTE_MS)
                 tallies[key] = tallies.get(key, 0) + 1
-                if ts > item_last.get(ev.item_id, 0):
-                    item_last[ev.item_id] = ts
+                span = spans.get(item)
+                if span is None:
+                    spans[item] = [ts, ts]
+                elif ts < span[0]:
+                    span[0] = ts
+                elif ts > span[1]:
+                    span[1] = ts
             self._settle_users(touched, update)
             stats.applied = sum(t.applied for t in touched.values())
             if delta is not None and delta.touched:
                 update.counters = delta.counters()
             update.item_counts = _item_counts(tallies)
-            dirty_items: dict[int, set[str]] = defaultdict(set)
-            for item in item_last:
-                dirty_items[owner_partition(item, self._partitions)].add(item)
+            dirty_items: dict[int, dict[str, int]] = defaultdict(dict)
+            for item, (oldest, latest) in spans.items():
+                update.item_last[item] = latest
+                dirty_items[owner_partition(item, self._partitions)][item] = oldest
             update.dirty_items = dict(dirty_items)
             self._state.commit(update)
         except BaseException:
@@ -209,7 +219,7 @@ class FeatureProcessor:
             states = {u: self._users[u] for u in claimed.users if u in self._users}
             states.update(self._state.load_users(missing))
             user_rows: list[Row] = [(u, user_features(s), s["last"]) for u, s in states.items()]
-            items = self._state.load_items(claimed.items)
+            items = self._state.load_items(list(claimed.items))
             item_rows: list[Row] = [
                 (i, item_features(c, last, self._cfg), last) for i, (c, last) in items.items()
             ]
@@ -226,7 +236,13 @@ class FeatureProcessor:
                 if pending is not None:
                     lag = now_ms - pending[0]
                     self.freshness.add(lag, pending[1])
-                    metrics.FRESHNESS.observe(lag / 1000)
+                    metrics.FRESHNESS.labels(USER_VIEW).observe(lag / 1000)
+            for i, _, _ in item_rows:
+                oldest = claimed.items[i]
+                if oldest:  # 0: marked by an older version, which kept no times
+                    lag = now_ms - oldest
+                    self.item_freshness.add(lag, 1)  # per row: the state keeps no counts
+                    metrics.FRESHNESS.labels(ITEM_VIEW).observe(lag / 1000)
             written += len(user_rows) + len(item_rows)
             metrics.ROWS.labels(USER_VIEW).inc(len(user_rows))
             metrics.ROWS.labels(ITEM_VIEW).inc(len(item_rows))

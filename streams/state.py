@@ -59,7 +59,9 @@ class BatchUpdate:
     item_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # increments
     item_last: dict[str, int] = field(default_factory=dict)  # candidate max event time
     dirty_users: dict[int, set[str]] = field(default_factory=dict)
-    dirty_items: dict[int, set[str]] = field(default_factory=dict)
+    # owner partition -> item -> its oldest event time in this batch (the owner's freshness
+    # measure: every worker changes items, so only the state knows how long one waited)
+    dirty_items: dict[int, dict[str, int]] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)  # shared additive counters
 
 
@@ -68,7 +70,7 @@ class Claimed:
     """Entities an owner must (re)write to the online store."""
 
     users: list[str]
-    items: list[str]
+    items: dict[str, int]  # item -> its oldest event not yet written (epoch ms)
 
 
 class StreamState(Protocol):

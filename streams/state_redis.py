@@ -20,15 +20,15 @@ from streams.state import (
 )
 
 # Move dirty -> claimed unless a claim survives from before a crash, then list the claim.
+# Users are a set; items a sorted set scored by their oldest unwritten event time.
 _CLAIM = """
 local out = {}
 for i = 1, #KEYS, 2 do
   if redis.call('EXISTS', KEYS[i + 1]) == 0 and redis.call('EXISTS', KEYS[i]) == 1 then
     redis.call('RENAME', KEYS[i], KEYS[i + 1])
   end
-  out[#out + 1] = redis.call('SMEMBERS', KEYS[i + 1])
 end
-return out
+return {redis.call('SMEMBERS', KEYS[2]), redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')}
 """
 
 
@@ -101,8 +101,11 @@ class RedisStreamState:
             commands.append(zadd)
         for p, users in update.dirty_users.items():
             commands.append(("SADD", f"{ns}:dirty:u:{p}", *users))
-        for p, items in update.dirty_items.items():
-            commands.append(("SADD", f"{ns}:dirty:i:{p}", *items))
+        for p, oldest in update.dirty_items.items():  # LT: an item keeps its oldest wait
+            marks: list[redis_wire.Arg] = ["ZADD", f"{ns}:dirty:i:{p}", "LT"]
+            for item, ts in oldest.items():
+                marks += (ts, item)
+            commands.append(marks)
         if update.counters:
             commands += online_state.redis_counter_commands(ns, update.counters)
         if update.offsets:
@@ -116,14 +119,14 @@ class RedisStreamState:
             raise StoreError(f"Stream state commit failed: {exc}") from exc
 
     def claim_dirty(self, partition: int) -> Claimed:
-        keys = [
-            self._k("dirty", "u", partition),
-            self._k("claimed", "u", partition),
-            self._k("dirty", "i", partition),
-            self._k("claimed", "i", partition),
-        ]
+        keys = [self._k(state, kind, partition) for kind in "ui" for state in ("dirty", "claimed")]
         users, items = self._claim(keys=keys)
-        return Claimed(users=[u.decode() for u in users], items=[i.decode() for i in items])
+        return Claimed(
+            users=[u.decode() for u in users],
+            items={
+                i.decode(): int(float(ts)) for i, ts in zip(items[::2], items[1::2], strict=True)
+            },
+        )
 
     def load_items(self, item_ids: Iterable[str]) -> dict[str, tuple[ItemCounters, int]]:
         ids = list(item_ids)
@@ -149,7 +152,7 @@ class RedisStreamState:
                 if fields
             ],
         )
-        self._r.delete(self._k("claimed", "u", partition), self._k("claimed", "i", partition))
+        self._r.delete(*(self._k("claimed", kind, partition) for kind in "ui"))
 
     def load_counters(self) -> dict[str, float]:
         raw = self._r.hgetall(self._k("counters"))

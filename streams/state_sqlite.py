@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS dirty (part INTEGER, kind TEXT, entity TEXT,
                                   claimed INTEGER NOT NULL DEFAULT 0,
                                   PRIMARY KEY (part, kind, entity));
 """
+# An item's oldest unwritten event time, added after the first release: a state database
+# of an older version gains the column on open (its marks read as 0: unknown).
+_ADD_OLDEST = "ALTER TABLE dirty ADD COLUMN oldest INTEGER NOT NULL DEFAULT 0"
 _CHUNK = 500  # SQLite's bound-parameter limit is well above this
 
 
@@ -45,6 +48,8 @@ class SqliteStreamState:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        if "oldest" not in {row[1] for row in self._db.execute("PRAGMA table_info(dirty)")}:
+            self._db.execute(_ADD_OLDEST)
         self._db.executescript(online_state.SCHEMA_SQL + online_state.MIGRATE_SQL)
 
     def applied_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
@@ -80,12 +85,19 @@ class SqliteStreamState:
                 " DO UPDATE SET last = max(last, excluded.last)",
                 list(update.item_last.items()),
             )
-            dirty = [(p, "u", e) for p, es in update.dirty_users.items() for e in es]
-            dirty += [(p, "i", e) for p, es in update.dirty_items.items() for e in es]
-            # Re-dirtying a claimed entity un-claims it, so release() keeps it for next time.
+            dirty = [(p, "u", e, 0) for p, es in update.dirty_users.items() for e in es]
+            dirty += [
+                (p, "i", e, ts)
+                for p, oldest in update.dirty_items.items()
+                for e, ts in oldest.items()
+            ]
+            # Re-dirtying a claimed entity un-claims it, so release() keeps it for next time;
+            # its oldest wait then starts from the new events (the claim's are being written).
             db.executemany(
-                "INSERT INTO dirty (part, kind, entity) VALUES (?, ?, ?)"
-                " ON CONFLICT(part, kind, entity) DO UPDATE SET claimed = 0",
+                "INSERT INTO dirty (part, kind, entity, oldest) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(part, kind, entity) DO UPDATE SET claimed = 0,"
+                " oldest = CASE WHEN claimed THEN excluded.oldest"
+                " ELSE min(oldest, excluded.oldest) END",
                 dirty,
             )
             if update.counters:
@@ -106,14 +118,16 @@ class SqliteStreamState:
         try:
             db.execute("UPDATE dirty SET claimed = 1 WHERE part = ?", (partition,))
             rows = db.execute(
-                "SELECT kind, entity FROM dirty WHERE part = ? AND claimed = 1", (partition,)
+                "SELECT kind, entity, oldest FROM dirty WHERE part = ? AND claimed = 1",
+                (partition,),
             ).fetchall()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         return Claimed(
-            users=[e for k, e in rows if k == "u"], items=[e for k, e in rows if k == "i"]
+            users=[e for k, e, _ in rows if k == "u"],
+            items={e: oldest for k, e, oldest in rows if k == "i"},
         )
 
     def load_items(self, item_ids: Iterable[str]) -> dict[str, tuple[ItemCounters, int]]:

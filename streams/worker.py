@@ -248,8 +248,13 @@ class StreamWorker:
             self._state.close()
             self._writer.close()
             if self._stats_path:
-                f = self._processor.freshness
-                stats = {"lags_ms": f.lags_ms, "counts": f.counts}
+                users, items = self._processor.freshness, self._processor.item_freshness
+                stats = {
+                    "lags_ms": users.lags_ms,
+                    "counts": users.counts,
+                    "item_lags_ms": items.lags_ms,
+                    "item_counts": items.counts,
+                }
                 self._stats_path.write_text(json.dumps(stats))
             log.info("worker stopped after %d messages", self.handled)
 

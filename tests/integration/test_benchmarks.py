@@ -23,6 +23,9 @@ def test_ingest_bench_with_two_workers_sees_every_marker(
         0 <= result["freshness_p50_ms"] <= result["freshness_p99_ms"] <= result["freshness_max_ms"]
     )
     assert result["user_rows_written"] >= 200 * 0.5  # most simulated users were written
+    assert result["item_rows_written"] >= 100 * 0.5  # and items, with their own lags
+    for kind in ("user", "item"):
+        assert 0 <= result[f"{kind}_freshness_p99_ms"] <= result["freshness_p99_ms"]
     assert result["elapsed_s"] >= 1.0  # 3000 events at 3000/s cannot finish sooner
 
 

@@ -127,6 +127,9 @@ def test_rows_equal_reference(tmp_path: Path, msgs: list[Message]) -> None:
     assert written == len(expected)
     assert writer.rows == expected
     assert sum(proc.freshness.counts) == unique
+    items = {ev.item_id for _, _, ev in msgs if ev}
+    assert len(proc.item_freshness.lags_ms) == len(items)  # one lag per item row written
+    assert min(proc.item_freshness.lags_ms) >= 0
     assert proc.materialize(range(P)) == 0  # nothing dirty any more
 
 

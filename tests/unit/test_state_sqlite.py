@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +48,7 @@ def first_batch() -> BatchUpdate:
         },
         item_last={"i1": 100, "i2": 70},
         dirty_users={0: {"u1"}},
-        dirty_items={1: {"i1", "i2"}},
+        dirty_items={1: {"i1": 90, "i2": 70}},
     )
 
 
@@ -108,9 +109,9 @@ def test_claim_returns_dirty_entities_per_partition(state: SqliteStreamState) ->
     state.commit(first_batch())
     state.commit(batch(dirty_users={0: {"u2"}, 2: {"u3"}}))
     c0 = state.claim_dirty(0)
-    assert sorted(c0.users) == ["u1", "u2"] and c0.items == []
+    assert sorted(c0.users) == ["u1", "u2"] and c0.items == {}
     c1 = state.claim_dirty(1)
-    assert c1.users == [] and sorted(c1.items) == ["i1", "i2"]
+    assert c1.users == [] and c1.items == {"i1": 90, "i2": 70}
     assert state.claim_dirty(3).users == []
     again = state.claim_dirty(0)  # claimed but never released (a crash): claimed again
     assert sorted(again.users) == ["u1", "u2"]
@@ -119,16 +120,43 @@ def test_claim_returns_dirty_entities_per_partition(state: SqliteStreamState) ->
     assert state.claim_dirty(2).users == ["u3"]  # other partitions are untouched
 
 
+def test_items_keep_their_oldest_unwritten_event(state: SqliteStreamState) -> None:
+    state.commit(first_batch())
+    state.commit(batch(dirty_items={1: {"i1": 95, "i2": 60}, 2: {"i3": 5}}))
+    assert state.claim_dirty(1).items == {"i1": 90, "i2": 60}
+    assert state.claim_dirty(2).items == {"i3": 5}
+
+
 def test_redirtied_after_claim_survives_release(state: SqliteStreamState) -> None:
-    state.commit(batch(dirty_users={0: {"u1", "u2"}}, dirty_items={0: {"i1"}}))
+    state.commit(batch(dirty_users={0: {"u1", "u2"}}, dirty_items={0: {"i1": 10}}))
     claimed = state.claim_dirty(0)
-    assert sorted(claimed.users) == ["u1", "u2"] and claimed.items == ["i1"]
-    state.commit(batch(dirty_users={0: {"u1"}}, dirty_items={0: {"i1"}}))  # while writing
+    assert sorted(claimed.users) == ["u1", "u2"] and claimed.items == {"i1": 10}
+    state.commit(batch(dirty_users={0: {"u1"}}, dirty_items={0: {"i1": 30}}))  # writing
     state.release_dirty(0, {})
-    after = state.claim_dirty(0)
-    assert after.users == ["u1"] and after.items == ["i1"]
+    after = state.claim_dirty(0)  # only the events that came during the write wait now
+    assert after.users == ["u1"] and after.items == {"i1": 30}
     state.release_dirty(0, {})
-    assert state.claim_dirty(0).users == [] and state.claim_dirty(0).items == []
+    assert state.claim_dirty(0).users == [] and state.claim_dirty(0).items == {}
+
+
+def test_a_state_database_without_item_marks_gains_them(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    old = sqlite3.connect(db_path)
+    old.execute(
+        "CREATE TABLE dirty (part INTEGER, kind TEXT, entity TEXT,"
+        " claimed INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (part, kind, entity))"
+    )
+    old.execute("INSERT INTO dirty (part, kind, entity) VALUES (1, 'i', 'i7')")
+    old.commit()
+    old.close()
+    state = SqliteStreamState(db_path)
+    try:
+        assert state.claim_dirty(1).items == {"i7": 0}  # marked before marks existed
+        state.release_dirty(1, {})
+        state.commit(first_batch())
+        assert state.claim_dirty(1).items == {"i1": 90, "i2": 70}
+    finally:
+        state.close()
 
 
 def test_release_deletes_stale_item_fields(state: SqliteStreamState) -> None:
@@ -139,7 +167,7 @@ def test_release_deletes_stale_item_fields(state: SqliteStreamState) -> None:
         "i1": ({"i:h0": 1}, 100),
         "i2": ({"impression:h0": 1}, 70),
     }
-    assert state.claim_dirty(1).items == []
+    assert state.claim_dirty(1).items == {}
 
 
 def _snapshot(state: SqliteStreamState) -> tuple[Any, ...]:
