@@ -224,10 +224,13 @@ def run_ingest_bench(
         cores = cpu.split(elapsed)
 
         samples: dict[str, tuple[list[int], list[int]]] = {"user": ([], []), "item": ([], [])}
+        messages = batches = 0
         for proc, stats_path in running:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
             stats = json.loads(stats_path.read_text())
+            messages += stats["messages"]
+            batches += stats["batches"]
             for kind, prefix in (("user", ""), ("item", "item_")):
                 samples[kind][0].extend(stats[f"{prefix}lags_ms"])
                 samples[kind][1].extend(stats[f"{prefix}counts"])
@@ -248,6 +251,7 @@ def run_ingest_bench(
             **fresh,
             "user_rows_written": len(samples["user"][0]),
             "item_rows_written": len(samples["item"][0]),
+            "mean_batch_events": round(messages / max(batches, 1)),
             "online_store": store,
             "broker": "tansu (embedded)",
             "partitions": PARTITIONS,

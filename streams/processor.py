@@ -86,6 +86,9 @@ class FeatureProcessor:
         self._pending: dict[str, tuple[int, int]] = {}  # user -> (oldest ts, events)
         self.freshness = Freshness()  # user rows
         self.item_freshness = Freshness()  # item rows, one weight each
+        # Labelled children looked up once: `labels()` costs a lock and a dict per row.
+        self._user_lag = metrics.FRESHNESS.labels(USER_VIEW)
+        self._item_lag = metrics.FRESHNESS.labels(ITEM_VIEW)
 
     # --- ownership ---------------------------------------------------------------------
 
@@ -236,13 +239,13 @@ class FeatureProcessor:
                 if pending is not None:
                     lag = now_ms - pending[0]
                     self.freshness.add(lag, pending[1])
-                    metrics.FRESHNESS.labels(USER_VIEW).observe(lag / 1000)
+                    self._user_lag.observe(lag / 1000)
             for i, _, _ in item_rows:
                 oldest = claimed.items[i]
                 if oldest:  # 0: marked by an older version, which kept no times
                     lag = now_ms - oldest
                     self.item_freshness.add(lag, 1)  # per row: the state keeps no counts
-                    metrics.FRESHNESS.labels(ITEM_VIEW).observe(lag / 1000)
+                    self._item_lag.observe(lag / 1000)
             written += len(user_rows) + len(item_rows)
             metrics.ROWS.labels(USER_VIEW).inc(len(user_rows))
             metrics.ROWS.labels(ITEM_VIEW).inc(len(item_rows))

@@ -101,6 +101,7 @@ class StreamWorker:
         self._stop = threading.Event()
         self._stats_path = stats_path
         self.handled = 0
+        self.batches = 0
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.bootstrap,
@@ -223,6 +224,7 @@ class StreamWorker:
         self._dlq.publish(dead)  # before the commit that moves past them
         self._processor.process(batch)
         self.handled += len(batch)
+        self.batches += 1
         metrics.EVENTS.labels("invalid").inc(len(dead))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
@@ -254,9 +256,11 @@ class StreamWorker:
                     "counts": users.counts,
                     "item_lags_ms": items.lags_ms,
                     "item_counts": items.counts,
+                    "messages": self.handled,
+                    "batches": self.batches,
                 }
                 self._stats_path.write_text(json.dumps(stats))
-            log.info("worker stopped after %d messages", self.handled)
+            log.info("worker stopped after %d messages in %d batches", self.handled, self.batches)
 
 
 def install_signal_handlers(worker: StreamWorker) -> None:
