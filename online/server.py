@@ -18,7 +18,6 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -26,6 +25,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from streamrec.errors import StreamrecError
+from streamrec.metrics_mode import own_metrics
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +102,6 @@ def ensure_port_free(host: str, port: int) -> None:
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def own_metrics() -> None:
-    """Keep prometheus_client in its plain in-process mode in this process and its children.
-
-    Importing `feast.metrics` exports PROMETHEUS_MULTIPROC_DIR (a temp dir of its own)
-    when unset, which switches prometheus_client, in every process started afterwards,
-    to file-backed values: each update then takes a lock, checks the pid and writes an
-    mmap (about 8 % of a recommendation's CPU, measured). Each API process exposes its
-    own /metrics, so that mode buys nothing here; a directory the operator set is kept.
-    """
-    for name in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR"):
-        if Path(os.environ.get(name, "/")).name.startswith("feast_metrics_"):
-            del os.environ[name]
 
 
 def _die_with_parent() -> None:

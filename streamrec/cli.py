@@ -106,6 +106,9 @@ def worker(
     ] = None,
 ) -> None:
     """Run one stream worker (start one per partition to scale out)."""
+    from streamrec.metrics_mode import own_metrics
+
+    own_metrics()  # before prometheus_client is imported: it picks its mode then
     from streams.worker import StreamWorker, install_signal_handlers
 
     if metrics_port:
