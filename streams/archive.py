@@ -206,13 +206,17 @@ class ArchiveSink:
 
 def _record_batches(partition: int, rows: list[tuple[int, Event]]) -> dict[int, pa.RecordBatch]:
     """One partition's rows as Arrow record batches, one per event hour."""
-    hours = {ev.ts_ms // 3_600_000 for _, ev in rows}
-    if len(hours) == 1:  # a micro-batch rarely straddles an hour
-        return {hours.pop(): _record_batch(partition, rows)}
+    times = list(map(_TS, (ev for _, ev in rows)))
+    first, last = min(times) // 3_600_000, max(times) // 3_600_000
+    if first == last:  # a micro-batch rarely straddles an hour
+        return {first: _record_batch(partition, rows)}
     by_hour: dict[int, list[tuple[int, Event]]] = defaultdict(list)
-    for row in rows:
-        by_hour[row[1].ts_ms // 3_600_000].append(row)
+    for row, ts in zip(rows, times, strict=True):
+        by_hour[ts // 3_600_000].append(row)
     return {hour: _record_batch(partition, chunk) for hour, chunk in by_hour.items()}
+
+
+_TS = attrgetter("ts_ms")
 
 
 def _record_batch(partition: int, rows: list[tuple[int, Event]]) -> pa.RecordBatch:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import hiredis
 import msgspec
 import redis
 
@@ -49,6 +50,8 @@ end
 return 0
 """
 _JSON = msgspec.json.Encoder()
+_HGETALL = redis_wire.header(2) + redis_wire.bulk(b"HGETALL")
+_MAX_CACHED = 1 << 18  # entries per read cache, then it starts over
 
 
 class RedisStreamState:
@@ -62,6 +65,8 @@ class RedisStreamState:
             raise StoreError(f"Cannot reach Redis at {url}: {exc}. Is it running?") from exc
         self._ns = namespace
         self._claim = self._r.register_script(_CLAIM)
+        self._hgetall: dict[str, bytes] = {}  # item -> its HGETALL frame
+        self._field_names: dict[bytes, str] = {}  # counter fields repeat across items
 
     def _k(self, *parts: object) -> str:
         return ":".join((self._ns, *map(str, parts)))
@@ -132,15 +137,34 @@ class RedisStreamState:
         ids = list(item_ids)
         if not ids:
             return {}
-        prefix = self._k("i", "")
-        commands: list[tuple[str, ...]] = [("HGETALL", prefix + item) for item in ids]
-        commands.append(("ZMSCORE", self._k("ilast"), *ids))
-        *hashes, lasts = redis_wire.run(self._r, commands)
+        frames = [self._hgetall_frame(item) for item in ids]
+        frames.append(hiredis.pack_command(("ZMSCORE", self._k("ilast"), *ids)))  # type: ignore[arg-type]
+        *hashes, lasts = redis_wire.round_trip(self._r, frames, len(frames))
+        names = self._field_names
+        if len(names) > _MAX_CACHED:
+            names.clear()
         out: dict[str, tuple[ItemCounters, int]] = {}
         for item, flat, last in zip(ids, hashes, lasts, strict=True):
-            if last is not None:
-                out[item] = ({k.decode(): int(v) for k, v in _pairs(flat)}, int(last))
+            if last is None:
+                continue
+            counters = {}
+            for k, v in _pairs(flat):
+                name = names.get(k)
+                if name is None:
+                    name = names[k] = k.decode()
+                counters[name] = int(v)
+            out[item] = (counters, int(last))
         return out
+
+    def _hgetall_frame(self, item: str) -> bytes:
+        """`HGETALL {ns}:i:{item}` as RESP, cached: the owner reads the same items all day."""
+        frame = self._hgetall.get(item)
+        if frame is None:
+            if len(self._hgetall) > _MAX_CACHED:
+                self._hgetall.clear()
+            key = f"{self._ns}:i:{item}".encode()
+            frame = self._hgetall[item] = _HGETALL + redis_wire.bulk(key)
+        return frame
 
     def release_dirty(self, partition: int, stale_item_fields: dict[str, list[str]]) -> None:
         # Not one transaction: a crash between the two only re-deletes fields no window sees.

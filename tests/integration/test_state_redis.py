@@ -74,6 +74,7 @@ def test_commits_read_back_like_the_sqlite_state(state: RedisStreamState, tmp_pa
         assert items == sqlite.load_items(["i1", "i 2", odd, "none"])
         assert items["i1"] == ({"click:m1": 3, "i:h0": 1}, 100)
         assert items[odd] == ({"click:m1": 40_000_000}, 1_800_000_000_000)
+        assert state.load_items([odd, "i1"]) == {odd: items[odd], "i1": items["i1"]}  # cached
         assert state.load_counters() == pytest.approx(sqlite.load_counters())
         assert state.load_counters() == pytest.approx({"w.bias": -0.25, "n.greedy": 1.0})
         marks = {"i1": 90, "i 2": 70, odd: 1_799_999_999_999}
