@@ -54,15 +54,30 @@ _HGETALL = redis_wire.header(2) + redis_wire.bulk(b"HGETALL")
 _MAX_CACHED = 1 << 18  # entries per read cache, then it starts over
 
 
+MIN_VERSION = (6, 2)  # ZADD LT (an item's oldest unwritten event)
+
+
+def require_version(version: str) -> None:
+    """Raise StoreError unless `version` (INFO's redis_version) is at least MIN_VERSION."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return  # not a plain x.y.z (a fork or a proxy): let the commands speak
+    if found < MIN_VERSION:
+        need = ".".join(map(str, MIN_VERSION))
+        raise StoreError(f"The stream state needs Redis >= {need}; this server is {version}.")
+
+
 class RedisStreamState:
     """Keys live under `{namespace}:` so several groups or tests can share one Redis."""
 
     def __init__(self, url: str, namespace: str) -> None:
         try:
             self._r = redis.Redis.from_url(url, socket_timeout=10)
-            self._r.ping()
+            version = str(self._r.info("server").get("redis_version", "0"))
         except redis.RedisError as exc:
             raise StoreError(f"Cannot reach Redis at {url}: {exc}. Is it running?") from exc
+        require_version(version)
         self._ns = namespace
         self._claim = self._r.register_script(_CLAIM)
         self._hgetall: dict[str, bytes] = {}  # item -> its HGETALL frame

@@ -12,7 +12,7 @@ import redis
 from features import redis_wire
 from streamrec.errors import StoreError
 from streams.state import BatchUpdate
-from streams.state_redis import RedisStreamState
+from streams.state_redis import RedisStreamState, require_version
 from streams.state_sqlite import SqliteStreamState
 
 pytestmark = pytest.mark.integration
@@ -137,3 +137,10 @@ def test_item_marks_through_claims_crashes_and_rewrites(
     finally:
         if s is not state:
             s.close()
+
+
+def test_a_redis_older_than_6_2_is_refused_by_name() -> None:
+    with pytest.raises(StoreError, match=r"needs Redis >= 6.2; this server is 6.0.16"):
+        require_version("6.0.16")
+    for fine in ("6.2.0", "7.0.15", "10.1", "unknown"):
+        require_version(fine)
