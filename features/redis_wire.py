@@ -105,15 +105,20 @@ def round_trip(client: redis.Redis, frames: Sequence[bytes] | bytes, n_replies: 
         pool.release(conn)
 
 
+def pack(command: Sequence[Arg]) -> bytes:
+    """One command (a sequence of arguments) as a RESP frame, packed by hiredis."""
+    # (hiredis's stub types its argument as a one-element tuple)
+    return hiredis.pack_command(tuple(command))  # type: ignore[arg-type]
+
+
 def run(client: redis.Redis, commands: Iterable[Sequence[Arg]]) -> list[Any]:
     """Run commands (each a sequence of arguments) in one round trip; their replies."""
-    # (hiredis's stub types its argument as a one-element tuple)
-    frames = [hiredis.pack_command(tuple(c)) for c in commands]  # type: ignore[arg-type]
+    frames = [pack(c) for c in commands]
     return round_trip(client, frames, len(frames))
 
 
-_MULTI = hiredis.pack_command(("MULTI",))
-_EXEC = hiredis.pack_command(("EXEC",))
+_MULTI = pack(("MULTI",))
+_EXEC = pack(("EXEC",))
 
 
 def transaction(client: redis.Redis, commands: Iterable[Sequence[Arg]]) -> list[Any]:
@@ -125,7 +130,7 @@ def transaction(client: redis.Redis, commands: Iterable[Sequence[Arg]]) -> list[
     commands can fail that way on keys of the right type); it raises here all the same.
     """
     frames = [_MULTI]
-    frames += [hiredis.pack_command(tuple(c)) for c in commands]  # type: ignore[arg-type]
+    frames += [pack(c) for c in commands]
     frames.append(_EXEC)
     replies = round_trip(client, frames, len(frames))
     results = replies[-1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import hiredis
 import msgspec
 import redis
 
@@ -23,7 +22,6 @@ from streams.state import (
 # Move dirty -> claimed unless a claim survives from before a crash, then list the claim.
 # Users are a set; items a sorted set scored by their oldest unwritten event time.
 _CLAIM = """
-local out = {}
 for i = 1, #KEYS, 2 do
   if redis.call('EXISTS', KEYS[i + 1]) == 0 and redis.call('EXISTS', KEYS[i]) == 1 then
     redis.call('RENAME', KEYS[i], KEYS[i + 1])
@@ -153,7 +151,7 @@ class RedisStreamState:
         if not ids:
             return {}
         frames = [self._hgetall_frame(item) for item in ids]
-        frames.append(hiredis.pack_command(("ZMSCORE", self._k("ilast"), *ids)))  # type: ignore[arg-type]
+        frames.append(redis_wire.pack(("ZMSCORE", self._k("ilast"), *ids)))
         *hashes, lasts = redis_wire.round_trip(self._r, frames, len(frames))
         names = self._field_names
         if len(names) > _MAX_CACHED:
