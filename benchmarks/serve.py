@@ -74,7 +74,7 @@ def _write_features(settings: Settings, users: int, items: int) -> None:
     from features.aggregates import USER_FEATURES
     from features.online_state import BoardEntry
     from features.repo import ITEM_KEY, ITEM_VIEW, USER_KEY, USER_VIEW, apply
-    from streams.worker import open_state, open_writer
+    from streams.sinks import open_state, open_writer
 
     apply(settings)
     writer = open_writer(settings)

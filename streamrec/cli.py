@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -104,18 +105,41 @@ def worker(
     stats_out: Annotated[
         Path | None, typer.Option(help="Write freshness samples as JSON here on exit (benchmarks).")
     ] = None,
+    role: Annotated[
+        Literal["all", "features", "archive"],
+        typer.Option(
+            help="What this worker does: all (features, dead letters and the Parquet"
+            " archive), features (with dead letters), or archive (its own consumer group)."
+        ),
+    ] = "all",
+    nice: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=19,
+            help="Lower this process's CPU priority by this much (10 suits an archive"
+            " worker sharing a host with feature workers).",
+        ),
+    ] = 0,
 ) -> None:
-    """Run one stream worker (start one per partition to scale out)."""
+    """Run one stream worker (start one per partition to scale out).
+
+    One process can do everything (--role all, the default); in production run feature
+    workers and archive workers apart, each scaled up to the partition count.
+    """
     from streamrec.metrics_mode import own_metrics
 
     own_metrics()  # before prometheus_client is imported: it picks its mode then
     from streams.worker import StreamWorker, install_signal_handlers
 
+    if nice:
+        os.nice(nice)
+
     if metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr=metrics_addr)
-    w = StreamWorker(get_settings(), stats_path=stats_out)
+    w = StreamWorker(get_settings(), stats_path=stats_out, role=role)
     install_signal_handlers(w)
     w.run(idle_exit_s=idle_exit)
 

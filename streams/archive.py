@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from operator import attrgetter
 from pathlib import Path
 
@@ -132,7 +133,31 @@ class ArchiveSink:
             self._rows -= sum(b.num_rows for b in batches)
         self._span.pop(partition, None)
 
-    # --- the sink ----------------------------------------------------------------------
+    # --- the sink protocol (streams/sinks.py) -----------------------------------------
+
+    def assign(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self.recover(p)
+
+    def revoke(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self.forget(p)
+
+    def take(self, batch: Sequence[tuple[int, int, Event | None]]) -> None:
+        add = self.add
+        for p, offset, ev in batch:
+            add(p, offset, ev)
+        self.encode()
+
+    def tick(self, owned: list[int]) -> None:
+        if self.due():
+            self.flush()
+
+    def drain(self, owned: list[int]) -> None:
+        self.flush()
+
+    def close(self) -> None:
+        """Nothing held open: every flush closes its files."""
 
     def checkpoint(self, partition: int) -> int:
         return self._flushed.get(partition, -1)

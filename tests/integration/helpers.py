@@ -22,7 +22,8 @@ from streamrec.settings import Settings
 from streamrec.simulation import World, WorldParams
 from streams.demo import settings_env
 from streams.producer import EventProducer
-from streams.worker import StreamWorker, aggregate_config
+from streams.sinks import aggregate_config
+from streams.worker import StreamWorker
 
 
 def simulated_events(
