@@ -23,7 +23,7 @@ from streamrec.simulation import World, WorldParams
 from streams.demo import settings_env
 from streams.producer import EventProducer
 from streams.sinks import aggregate_config
-from streams.worker import StreamWorker
+from streams.worker import Role, StreamWorker
 
 
 def simulated_events(
@@ -47,13 +47,15 @@ def produce(settings: Settings, events: list[Event]) -> None:
     assert producer.failed == 0
 
 
-def run_worker(settings: Settings, idle_exit_s: float = 2.0) -> None:
+def run_worker(settings: Settings, idle_exit_s: float = 2.0, role: Role = "all") -> None:
     """One worker in this process, until the stream has been idle for `idle_exit_s`."""
-    StreamWorker(settings).run(idle_exit_s=idle_exit_s)
+    StreamWorker(settings, role=role).run(idle_exit_s=idle_exit_s)
 
 
-def spawn_worker(settings: Settings, idle_exit_s: float | None = None) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "streamrec.cli", "worker"]
+def spawn_worker(
+    settings: Settings, idle_exit_s: float | None = None, role: Role = "all"
+) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "streamrec.cli", "worker", "--role", role]
     if idle_exit_s is not None:
         args += ["--idle-exit", str(idle_exit_s)]
     return subprocess.Popen(
@@ -95,6 +97,13 @@ def archive_rows(settings: Settings) -> int:
         return 0
     dataset = ds.dataset(settings.archive_dir, format="parquet", partitioning="hive")
     return dataset.count_rows()
+
+
+def archived_offsets(settings: Settings) -> int:
+    """Messages the archive has checkpointed, over all partitions (its durable position)."""
+    ckpts = settings.archive_dir / "_checkpoints" / settings.events_topic
+    files = [f for f in ckpts.glob("p*") if not f.suffix] if ckpts.exists() else []  # not .tmp
+    return sum(int(f.read_text()) + 1 for f in files)
 
 
 def prepare(settings: Settings) -> None:
