@@ -1,11 +1,13 @@
 """`streamrec bench ingest`: sustained events/s and event-to-feature freshness.
 
 Setup (not timed): an embedded tansu broker on a free port, Redis (STREAMREC_REDIS_URL, or
-a redis-server of its own) or SQLite, the Feast repository, one stream worker process, and
-the simulated events generated in memory. Timed: from the first produce until a marker
-event sent last to every partition is readable through Feast's `get_online_features`.
-Partitions are consumed in order, so a visible marker means every earlier event of its
-partition is in the online store.
+a redis-server of its own) or SQLite, the Feast repository, the stream workers (by default
+two feature workers and one archive worker at lower CPU priority, the production shape;
+`archive_workers=0` runs workers that do both), and the simulated events generated in
+memory. Timed: from the first produce until a marker event sent last to every partition
+is readable through Feast's `get_online_features`. Partitions are consumed in order, so a
+visible marker means every earlier event of its partition is in the online store.
+`archive_done_s` is when the archive's checkpoints cover every marker too.
 
 Freshness comes from the workers: for each feature row written, the time from the oldest
 event folded into that row (event time, stamped at produce) to the write completing.
@@ -48,6 +50,7 @@ from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 PARTITIONS = 4
+ARCHIVE_NICE = 10  # archive workers yield the CPU to feature workers on a shared host
 
 
 def _own_redis(stack: ExitStack, workdir: Path) -> tuple[str, int]:
@@ -85,14 +88,19 @@ def _wait_ready(proc: subprocess.Popen[bytes], timeout_s: float) -> threading.Th
 
 
 def _start_workers(
-    stack: ExitStack, env: dict[str, str], workdir: Path, n: int
-) -> list[tuple[subprocess.Popen[bytes], Path]]:
-    """Start n worker processes in one group; return once every one owns partitions."""
+    stack: ExitStack, env: dict[str, str], workdir: Path, n: int, archivers: int
+) -> tuple[list[tuple[subprocess.Popen[bytes], Path]], list[subprocess.Popen[bytes]]]:
+    """Start n feature workers in one group and `archivers` archive workers (niced, in
+    their own group); with no archive workers the n workers do both. Return once every
+    one owns partitions: (feature workers with their stats files, archive workers)."""
     stats_paths = [workdir / f"stats-{k}.json" for k in range(n)]
+    role = ["--role", "features"] if archivers else ["--role", "all"]
+    commands = [[*role, "--stats-out", str(path)] for path in stats_paths]
+    commands += [["--role", "archive", "--nice", str(ARCHIVE_NICE)]] * archivers
     procs = []
-    for path in stats_paths:
+    for args in commands:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamrec.cli", "worker", "--stats-out", str(path)],
+            [sys.executable, "-m", "streamrec.cli", "worker", *args],
             env=env,
             stderr=subprocess.PIPE,
         )
@@ -102,7 +110,16 @@ def _start_workers(
         procs.append(proc)
     for proc in procs:
         _wait_ready(proc, 60)
-    return list(zip(procs, stats_paths, strict=True))
+    return list(zip(procs[:n], stats_paths, strict=True)), procs[n:]
+
+
+def _archived(archive_dir: Path, topic: str, partition: int) -> int:
+    """The archive's checkpoint of a partition: the last offset it has made durable."""
+    path = archive_dir / "_checkpoints" / topic / f"p{partition}"
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):  # not written yet, or replaced mid-read
+        return -1
 
 
 def _bodies(payloads: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
@@ -139,7 +156,14 @@ def _produce(producer: Producer, topic: str, bodies: list[tuple[bytes, bytes]], 
 
 
 def run_ingest_bench(
-    *, events: int, users: int, items: int, store: str, workers: int = 1, rate: int = 0
+    *,
+    events: int,
+    users: int,
+    items: int,
+    store: str,
+    workers: int = 2,
+    rate: int = 0,
+    archive_workers: int = 1,
 ) -> dict[str, Any]:
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
@@ -168,7 +192,9 @@ def run_ingest_bench(
         log.info("generating %d events", events)
         bodies = _bodies(list(world.events(events)))  # events come without `ts`
 
-        running = _start_workers(stack, settings_env(settings), workdir, workers)
+        running, archivers = _start_workers(
+            stack, settings_env(settings), workdir, workers, archive_workers
+        )
 
         producer = Producer(
             {
@@ -184,6 +210,7 @@ def run_ingest_bench(
         cpu = CpuMeter(
             {
                 "workers": [p.pid for p, _ in running],
+                "archive workers": [p.pid for p in archivers] or None,
                 "broker (tansu)": broker.pid,
                 "redis-server": redis_pid,
             },
@@ -192,6 +219,12 @@ def run_ingest_bench(
         started = time.time()
         _produce(producer, topic, bodies, rate)
         markers = {}
+        marker_offsets: dict[int, int] = {}
+
+        def delivered(err: object, msg: Any) -> None:
+            if err is None:
+                marker_offsets[msg.partition()] = msg.offset()
+
         for p in range(PARTITIONS):
             uid = f"bench-marker-{p}"
             markers[uid] = int(time.time() * 1000)
@@ -208,6 +241,7 @@ def run_ingest_bench(
                 ).encode(),
                 uid.encode(),
                 partition=p,
+                on_delivery=delivered,
             )
         producer.flush(120)
         produced_s = time.time() - started
@@ -222,6 +256,9 @@ def run_ingest_bench(
             time.sleep(0.01)
         elapsed = time.time() - started
         cores = cpu.split(elapsed)
+        if len(marker_offsets) < PARTITIONS:
+            raise StreamrecError("the broker did not acknowledge every marker")
+        archive_s = _wait_archived(settings.archive_dir, topic, marker_offsets, started)
 
         samples: dict[str, tuple[list[int], list[int]]] = {"user": ([], []), "item": ([], [])}
         messages = batches = 0
@@ -248,6 +285,7 @@ def run_ingest_bench(
             "freshness_p50_ms": max(fresh["user_freshness_p50_ms"], fresh["item_freshness_p50_ms"]),
             "freshness_p99_ms": max(fresh["user_freshness_p99_ms"], fresh["item_freshness_p99_ms"]),
             "freshness_max_ms": max(lags) if lags else None,
+            "archive_done_s": round(archive_s, 2),
             **fresh,
             "user_rows_written": len(samples["user"][0]),
             "item_rows_written": len(samples["item"][0]),
@@ -256,9 +294,21 @@ def run_ingest_bench(
             "broker": "tansu (embedded)",
             "partitions": PARTITIONS,
             "workers": workers,
+            "archive_workers": archive_workers,
             "offered_rate": rate or "flat out",
             "users": users,
             "items": items,
             "cpu_count": os.cpu_count(),
             "cores_used": cores,
         }
+
+
+def _wait_archived(archive: Path, topic: str, last: dict[int, int], started: float) -> float:
+    """Seconds from the first produce until every partition's archive checkpoint covers
+    its marker (the archive trails the features: it flushes on rows or seconds)."""
+    deadline = time.monotonic() + 600
+    while any(_archived(archive, topic, p) < offset for p, offset in last.items()):
+        if time.monotonic() > deadline:
+            raise StreamrecError("the archive never caught up; see worker output")
+        time.sleep(0.02)
+    return time.time() - started

@@ -262,17 +262,37 @@ def bench_ingest(
     users: Annotated[int, typer.Option(help="Simulated users.")] = 20_000,
     items: Annotated[int, typer.Option(help="Simulated items.")] = 5_000,
     store: Annotated[str, typer.Option(help="Online store: redis or sqlite.")] = "redis",
-    workers: Annotated[int, typer.Option(min=1, help="Stream worker processes (one group).")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Feature worker processes (one group).")] = 2,
+    archive_workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Archive worker processes (own group, nice 10); 0: the feature workers"
+            " archive too (--role all).",
+        ),
+    ] = 1,
     rate: Annotated[
-        int, typer.Option(min=0, help="Offered events/s, paced; 0 sends flat out (capacity).")
-    ] = 0,
+        int,
+        typer.Option(
+            min=0,
+            help="Offered events/s, paced. The default is the 50k/s target plus 4%: the"
+            " window includes the drain after the last send. 0 sends flat out (capacity;"
+            " freshness then measures the backlog).",
+        ),
+    ] = 52_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Events/s from first produce to last feature visible, and event-to-feature freshness."""
     from benchmarks.ingest import run_ingest_bench
 
     result = run_ingest_bench(
-        events=events, users=users, items=items, store=store, workers=workers, rate=rate
+        events=events,
+        users=users,
+        items=items,
+        store=store,
+        workers=workers,
+        rate=rate,
+        archive_workers=archive_workers,
     )
     _print_result(result, as_json)
 
