@@ -2,11 +2,11 @@
 
 Setup (not timed): an embedded tansu broker on a free port, Redis (STREAMREC_REDIS_URL, or
 a redis-server of its own) or SQLite, the Feast repository, the stream workers (by default
-two feature workers and one archive worker at lower CPU priority, the production shape;
-`archive_workers=0` runs workers that do both), and the simulated events generated in
-memory. Timed: from the first produce until a marker event sent last to every partition
-is readable through Feast's `get_online_features`. Partitions are consumed in order, so a
-visible marker means every earlier event of its partition is in the online store.
+two that each fold features and archive; `archive_workers=N` runs the archive apart, in N
+workers at lower CPU priority), and the simulated events generated in memory. Timed:
+from the first produce until a marker event sent last to every partition is readable
+through Feast's `get_online_features`. Partitions are consumed in order, so a visible
+marker means every earlier event of its partition is in the online store.
 `archive_done_s` is when the archive's checkpoints cover every marker too.
 
 Freshness comes from the workers: for each feature row written, the time from the oldest
@@ -163,7 +163,7 @@ def run_ingest_bench(
     store: str,
     workers: int = 2,
     rate: int = 0,
-    archive_workers: int = 1,
+    archive_workers: int = 0,
 ) -> dict[str, Any]:
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))

@@ -11,7 +11,8 @@ EVENTS = Counter(
 )
 BATCH_SECONDS = Histogram(
     "streamrec_stream_batch_seconds",
-    "Time to process one micro-batch (state commit included).",
+    "Time to process one micro-batch (state commit included), by worker role.",
+    ["role"],  # all | features | archive
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 FRESHNESS = Histogram(

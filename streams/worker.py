@@ -82,6 +82,7 @@ class StreamWorker:
                 )
             )
         self._sinks = sinks
+        self._batch_seconds = metrics.BATCH_SECONDS.labels(role)
         self._owned: set[int] = set()
         self._committed: dict[int, int] = {}
         self._stop = threading.Event()
@@ -215,7 +216,7 @@ class StreamWorker:
         self.handled += len(batch)
         self.batches += 1
         metrics.EVENTS.labels("invalid").inc(len(dead))
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        self._batch_seconds.observe(time.perf_counter() - started)
 
     def _commit_kafka(self, sync: bool) -> None:
         offsets = []

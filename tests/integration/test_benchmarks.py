@@ -8,16 +8,27 @@ from benchmarks.ingest import run_ingest_bench
 from benchmarks.serve import run_serve_bench
 
 
+@pytest.mark.parametrize("archive_workers", [0, 1])
 def test_ingest_bench_with_two_workers_sees_every_marker(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, archive_workers: int
 ) -> None:
-    """Two workers in one group, paced producer: the run ends only once every partition's
-    last event is readable through Feast, and both workers report freshness."""
+    """Two feature workers in one group (archiving too, or beside an archive worker),
+    paced producer: the run ends only once every partition's last event is readable
+    through Feast, both workers report freshness, and the archive covers every marker."""
     monkeypatch.setenv("STREAMREC_REDIS_URL", redis_url)
     result = run_ingest_bench(
-        events=3000, users=200, items=100, store="redis", workers=2, rate=3000
+        events=3000,
+        users=200,
+        items=100,
+        store="redis",
+        workers=2,
+        rate=3000,
+        archive_workers=archive_workers,
     )
     assert result["events"] == 3000 and result["workers"] == 2
+    assert result["archive_workers"] == archive_workers
+    assert result["archive_done_s"] >= result["produce_s"]
+    assert (result["cores_used"]["archive workers"] is None) == (archive_workers == 0)
     assert result["events_per_s"] > 0
     assert (
         0 <= result["freshness_p50_ms"] <= result["freshness_p99_ms"] <= result["freshness_max_ms"]
