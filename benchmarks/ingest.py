@@ -15,7 +15,8 @@ Each event lands in two rows, its user's and its item's, reported apart: user fr
 counts every event of a row at that worst lag (percentiles over events, upper bounds);
 item freshness counts each item row once (the state keeps an item's oldest unwritten
 event time, not how many wait). `freshness_p50_ms` / `freshness_p99_ms` are the worse
-of the two.
+of the two. `worker_us_per_event` splits the feature workers' loop time by phase
+(`streams/loop_clock.py`): wall time, so a phase that waits on Redis or for a core counts.
 """
 
 from __future__ import annotations
@@ -262,12 +263,15 @@ def run_ingest_bench(
 
         samples: dict[str, tuple[list[int], list[int]]] = {"user": ([], []), "item": ([], [])}
         messages = batches = 0
+        phase_s: dict[str, float] = {}
         for proc, stats_path in running:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
             stats = json.loads(stats_path.read_text())
             messages += stats["messages"]
             batches += stats["batches"]
+            for phase, secs in stats["phase_s"].items():
+                phase_s[phase] = phase_s.get(phase, 0.0) + secs
             for kind, prefix in (("user", ""), ("item", "item_")):
                 samples[kind][0].extend(stats[f"{prefix}lags_ms"])
                 samples[kind][1].extend(stats[f"{prefix}counts"])
@@ -290,6 +294,11 @@ def run_ingest_bench(
             "user_rows_written": len(samples["user"][0]),
             "item_rows_written": len(samples["item"][0]),
             "mean_batch_events": round(messages / max(batches, 1)),
+            "worker_us_per_event": {  # wall time in each loop phase, waiting left out
+                phase: round(secs * 1e6 / max(messages, 1), 2)
+                for phase, secs in sorted(phase_s.items(), key=lambda kv: -kv[1])
+                if phase != "wait"
+            },
             "online_store": store,
             "broker": "tansu (embedded)",
             "partitions": PARTITIONS,

@@ -76,6 +76,8 @@ class ArchiveSink:
     stream for over half a second (measured), where per batch it spreads evenly.
     """
 
+    name = "archive"
+
     def __init__(self, root: Path, topic: str, flush_rows: int, flush_s: float) -> None:
         self._root = root
         self._topic = topic

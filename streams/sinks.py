@@ -26,6 +26,8 @@ from streams.state import StreamState
 class Sink(Protocol):
     """One destination of consumed messages, with its own per-partition position."""
 
+    name: str  # in logs and the loop clock
+
     def assign(self, partitions: list[int]) -> None:
         """Take ownership of partitions: load their positions, drop half-done work."""
 
@@ -83,6 +85,8 @@ class FeatureSink:
     """Real-time features: each batch committed to the stream state at once (with its
     offsets, which are this sink's position), dirty rows written every
     `materialize_interval_ms`."""
+
+    name = "features"
 
     def __init__(self, settings: Settings, partitions: int) -> None:
         self._state = open_state(settings)

@@ -37,6 +37,7 @@ from streamrec.settings import Settings
 from streams import metrics
 from streams.archive import ArchiveSink
 from streams.dlq import DeadLetter, DeadLetterPublisher
+from streams.loop_clock import LoopClock
 from streams.processor import Message
 from streams.sinks import FeatureSink, Sink
 from streams.topics import ensure_topics, partition_count
@@ -89,6 +90,7 @@ class StreamWorker:
         self._stats_path = stats_path
         self.handled = 0
         self.batches = 0
+        self.clock = LoopClock()
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.bootstrap,
@@ -152,6 +154,7 @@ class StreamWorker:
             [self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         wait_s = self._s.batch_max_wait_ms / 1000
+        clock = self.clock
         self._last_message = time.monotonic()
         log.info(
             "worker (%s role) consuming %s as group %s from %s",
@@ -166,6 +169,7 @@ class StreamWorker:
                 msgs = self._consumer.consume(self._s.batch_max_events, 0)
                 if not msgs:
                     msgs = self._consumer.consume(self._s.batch_max_events, wait_s)
+                clock.lap("wait")
                 if msgs:
                     self._last_message = time.monotonic()
                     self._handle(msgs)
@@ -178,8 +182,12 @@ class StreamWorker:
                 owned = sorted(self._owned)
                 for sink in self._sinks:
                     sink.tick(owned)
+                    clock.lap(f"{sink.name} tick")
                 self._commit_kafka(sync=False)
+                clock.lap("commit")
+                clock.maybe_log()
         finally:
+            clock.close_window()
             self._shutdown()
 
     def _handle(self, msgs: list[Any]) -> None:
@@ -211,8 +219,12 @@ class StreamWorker:
             batch.append((p, offset, ev))
         if self._dlq is not None:  # set with the features sink
             self._dlq.publish(dead)  # before the commit that moves past them
+        clock = self.clock
+        clock.lap("parse")
         for sink in self._sinks:
             sink.take(batch)
+            clock.lap(f"{sink.name} take")
+        clock.batch(len(batch))
         self.handled += len(batch)
         self.batches += 1
         metrics.EVENTS.labels("invalid").inc(len(dead))
@@ -241,7 +253,11 @@ class StreamWorker:
             for sink in self._sinks:
                 sink.close()
             if self._stats_path:
-                stats: dict[str, Any] = {"messages": self.handled, "batches": self.batches}
+                stats: dict[str, Any] = {
+                    "messages": self.handled,
+                    "batches": self.batches,
+                    "phase_s": self.clock.totals,
+                }
                 if self._features is not None:
                     proc = self._features.processor
                     users, items = proc.freshness, proc.item_freshness
