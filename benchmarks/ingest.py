@@ -39,6 +39,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from benchmarks.cpu import CpuMeter
+from benchmarks.ingest_warm import warm_item_counters
 from features.online_reader import read_features
 from features.repo import apply
 from streamrec.errors import StreamrecError
@@ -47,6 +48,7 @@ from streamrec.simulation import World, WorldParams
 from streams.broker import EmbeddedBroker, free_port, stop_process
 from streams.demo import settings_env
 from streams.local_redis import start_redis_server
+from streams.sinks import open_state
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -165,6 +167,7 @@ def run_ingest_bench(
     workers: int = 2,
     rate: int = 0,
     archive_workers: int = 0,
+    warm_hours: int = 0,
 ) -> dict[str, Any]:
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
@@ -191,7 +194,18 @@ def run_ingest_bench(
 
         world = World(WorldParams(users=users, items=items, seed=7))
         log.info("generating %d events", events)
-        bodies = _bodies(list(world.events(events)))  # events come without `ts`
+        payloads = list(world.events(events))  # events come without `ts`
+        warm_fields = 0
+        if warm_hours:
+            state = open_state(settings)
+            try:
+                warm_fields = warm_item_counters(
+                    state, settings.events_topic, payloads, rate or 50_000, warm_hours
+                )
+            finally:
+                state.close()
+        bodies = _bodies(payloads)
+        del payloads
 
         running, archivers = _start_workers(
             stack, settings_env(settings), workdir, workers, archive_workers
@@ -304,6 +318,8 @@ def run_ingest_bench(
             "partitions": PARTITIONS,
             "workers": workers,
             "archive_workers": archive_workers,
+            "warm_hours": warm_hours,
+            "warm_item_fields": warm_fields,
             "offered_rate": rate or "flat out",
             "users": users,
             "items": items,

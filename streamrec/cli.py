@@ -280,6 +280,15 @@ def bench_ingest(
             " freshness then measures the backlog).",
         ),
     ] = 52_000,
+    warm_hours: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=24,
+            help="Start from item counters a stream at this rate leaves after this many"
+            " hours (steady state); 0 starts from empty state.",
+        ),
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Events/s from first produce to last feature visible, and event-to-feature freshness."""
@@ -293,6 +302,7 @@ def bench_ingest(
         workers=workers,
         rate=rate,
         archive_workers=archive_workers,
+        warm_hours=warm_hours,
     )
     _print_result(result, as_json)
 
