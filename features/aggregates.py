@@ -168,25 +168,47 @@ def _split(field: str) -> tuple[str, str, int]:
     return name, bucket[0], int(bucket[1:])
 
 
-def item_features(counters: dict[str, int], last_ms: int, cfg: AggregateConfig) -> FeatureRow:
-    sums = {f"{t}s_{w}": 0 for t in ITEM_COUNTED for w in ("1h", "24h")}
-    popularity = 0
-    for field, n in counters.items():
+def _window_sums(
+    counters: Iterable[tuple[str, int]], last_ms: int, sums: dict[str, int], stale: list[str]
+) -> None:
+    """Add counter fields into window sums (`popularity` included); list those outside."""
+    for field, n in counters:
         name, unit, bucket = _split(field)
         if name == "i":
             if _in_24h(bucket, last_ms):
-                popularity += n
+                sums["popularity"] += n
+            else:
+                stale.append(field)
         elif unit == "m":
             if _in_1h(bucket, last_ms):
                 sums[f"{name}s_1h"] += n
+            else:
+                stale.append(field)
         elif _in_24h(bucket, last_ms):
             sums[f"{name}s_24h"] += n
+        else:
+            stale.append(field)
+
+
+def _new_sums() -> dict[str, int]:
+    sums = {f"{t}s_{w}": 0 for t in ITEM_COUNTED for w in ("1h", "24h")}
+    sums["popularity"] = 0
+    return sums
+
+
+def _item_row(sums: dict[str, int], cfg: AggregateConfig) -> FeatureRow:
     row: FeatureRow = {f: sums[f] for f in ITEM_FEATURES if f in sums}
     row["ctr_smoothed"] = (sums["clicks_24h"] + cfg.ctr_prior * cfg.ctr_prior_strength) / (
         sums["impressions_24h"] + cfg.ctr_prior_strength
     )
-    row["popularity_24h"] = popularity
+    row["popularity_24h"] = sums["popularity"]
     return row
+
+
+def item_features(counters: dict[str, int], last_ms: int, cfg: AggregateConfig) -> FeatureRow:
+    sums = _new_sums()
+    _window_sums(counters.items(), last_ms, sums, [])
+    return _item_row(sums, cfg)
 
 
 def stale_item_fields(counters: Iterable[str], last_ms: int) -> list[str]:
@@ -198,6 +220,48 @@ def stale_item_fields(counters: Iterable[str], last_ms: int) -> list[str]:
         if not fresh:
             stale.append(field)
     return stale
+
+
+class ItemWindows:
+    """Item rows kept current by counter deltas, not by summing every bucket each time.
+
+    An item that sees each event type every minute carries ~276 counter fields; summing
+    them per row write cost ~0.5 ms an item (measured), 20x a fresh item. Here a row's
+    window sums are cached with their anchor minute: while the anchor stays, the next row
+    adds only the fields that changed; when it moves (about once a minute) or nothing is
+    cached, the row is summed in full. `item_features` is the reference it must equal.
+    """
+
+    def __init__(self, cfg: AggregateConfig, max_items: int = 1 << 18) -> None:
+        self._cfg = cfg
+        self._max = max_items
+        self._sums: dict[str, tuple[int, dict[str, int]]] = {}  # item -> (anchor minute, sums)
+
+    def clear(self) -> None:
+        self._sums.clear()
+
+    def row(
+        self,
+        item: str,
+        counters: dict[str, int],
+        last_ms: int,
+        delta: dict[str, int] | None,
+    ) -> tuple[FeatureRow, list[str]]:
+        """The item's row and its stale fields, from `counters` (which already include
+        `delta`, the fields changed since this item's previous row; None: unknown)."""
+        anchor = last_ms // MINUTE_MS
+        cached = self._sums.get(item)
+        stale: list[str] = []
+        if delta is not None and cached is not None and cached[0] == anchor:
+            sums = cached[1]
+            _window_sums(delta.items(), last_ms, sums, stale)
+        else:
+            if len(self._sums) >= self._max:
+                self._sums.clear()
+            sums = _new_sums()
+            _window_sums(counters.items(), last_ms, sums, stale)
+            self._sums[item] = (anchor, sums)
+        return _item_row(sums, self._cfg), stale
 
 
 # --- the slow twin -----------------------------------------------------------------

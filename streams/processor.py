@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from features.aggregates import (
     MINUTE_MS,
     AggregateConfig,
+    ItemWindows,
     UserState,
     apply_user_event,
-    item_features,
     minute_increments,
     new_user_state,
     prune_user_state,
-    stale_item_fields,
     user_features,
 )
 from features.online_state import BoardEntry
@@ -84,6 +83,7 @@ class FeatureProcessor:
         # Users of owned partitions: this worker is their only writer, so the cache is exact.
         self._users: dict[str, UserState] = {}
         self._pending: dict[str, tuple[int, int]] = {}  # user -> (oldest ts, events)
+        self._item_windows = ItemWindows(cfg)  # items of owned partitions, by their deltas
         self.freshness = Freshness()  # user rows
         self.item_freshness = Freshness()  # item rows, one weight each
         # Labelled children looked up once: `labels()` costs a lock and a dict per row.
@@ -96,11 +96,18 @@ class FeatureProcessor:
         parts = list(partitions)
         self._applied.update(self._state.applied_offsets(self._topic, parts))
         self._users.clear()
+        self._forget_items()
 
     def revoke(self, partitions: Iterable[int]) -> None:
         for p in partitions:
             self._applied.pop(p, None)
         self._users.clear()
+        self._forget_items()
+
+    def _forget_items(self) -> None:
+        """Items change owners with partitions: cached counters and sums go stale."""
+        self._state.drop_caches()
+        self._item_windows.clear()
 
     def applied_offset(self, partition: int) -> int:
         return self._applied.get(partition, -1)
@@ -214,42 +221,52 @@ class FeatureProcessor:
     def materialize(self, owned: Iterable[int]) -> int:
         """Write the dirty entities this worker owns to the online store. Returns rows."""
         written = 0
-        for p in owned:
-            claimed = self._state.claim_dirty(p)
-            if not claimed.users and not claimed.items:
-                continue
-            missing = [u for u in claimed.users if u not in self._users]
-            states = {u: self._users[u] for u in claimed.users if u in self._users}
-            states.update(self._state.load_users(missing))
-            user_rows: list[Row] = [(u, user_features(s), s["last"]) for u, s in states.items()]
-            items = self._state.load_items(list(claimed.items))
-            item_rows: list[Row] = [
-                (i, item_features(c, last, self._cfg), last) for i, (c, last) in items.items()
-            ]
-            stale = {i: stale_item_fields(c, last) for i, (c, last) in items.items()}
-            if user_rows:
-                self._writer.write(USER_VIEW, USER_KEY, user_rows)
-            if item_rows:
-                self._writer.write(ITEM_VIEW, ITEM_KEY, item_rows)
-                self._state.write_board([_board_entry(i, row, last) for i, row, last in item_rows])
-            self._state.release_dirty(p, stale)
-            now_ms = int(time.time() * 1000)
-            for u, _, _ in user_rows:
-                pending = self._pending.pop(u, None)
-                if pending is not None:
-                    lag = now_ms - pending[0]
-                    self.freshness.add(lag, pending[1])
-                    self._user_lag.observe(lag / 1000)
-            for i, _, _ in item_rows:
-                oldest = claimed.items[i]
-                if oldest:  # 0: marked by an older version, which kept no times
-                    lag = now_ms - oldest
-                    self.item_freshness.add(lag, 1)  # per row: the state keeps no counts
-                    self._item_lag.observe(lag / 1000)
-            written += len(user_rows) + len(item_rows)
-            metrics.ROWS.labels(USER_VIEW).inc(len(user_rows))
-            metrics.ROWS.labels(ITEM_VIEW).inc(len(item_rows))
+        try:
+            for p in owned:
+                written += self._materialize(p)
+        except BaseException:
+            self._forget_items()  # a claim may have merged deltas no row has seen
+            raise
         return written
+
+    def _materialize(self, p: int) -> int:
+        claimed = self._state.claim_dirty(p)
+        if not claimed.users and not claimed.items:
+            return 0
+        missing = [u for u in claimed.users if u not in self._users]
+        states = {u: self._users[u] for u in claimed.users if u in self._users}
+        states.update(self._state.load_users(missing))
+        user_rows: list[Row] = [(u, user_features(s), s["last"]) for u, s in states.items()]
+        items = self._state.load_items(list(claimed.items))
+        deltas = claimed.item_deltas
+        windows = self._item_windows
+        item_rows: list[Row] = []
+        stale: dict[str, list[str]] = {}
+        for i, (c, last) in items.items():
+            row, stale[i] = windows.row(i, c, last, None if deltas is None else deltas.get(i))
+            item_rows.append((i, row, last))
+        if user_rows:
+            self._writer.write(USER_VIEW, USER_KEY, user_rows)
+        if item_rows:
+            self._writer.write(ITEM_VIEW, ITEM_KEY, item_rows)
+            self._state.write_board([_board_entry(i, row, last) for i, row, last in item_rows])
+        self._state.release_dirty(p, stale)
+        now_ms = int(time.time() * 1000)
+        for u, _, _ in user_rows:
+            pending = self._pending.pop(u, None)
+            if pending is not None:
+                lag = now_ms - pending[0]
+                self.freshness.add(lag, pending[1])
+                self._user_lag.observe(lag / 1000)
+        for i, _, _ in item_rows:
+            oldest = claimed.items[i]
+            if oldest:  # 0: marked by an older version, which kept no times
+                lag = now_ms - oldest
+                self.item_freshness.add(lag, 1)  # per row: the state keeps no counts
+                self._item_lag.observe(lag / 1000)
+        metrics.ROWS.labels(USER_VIEW).inc(len(user_rows))
+        metrics.ROWS.labels(ITEM_VIEW).inc(len(item_rows))
+        return len(user_rows) + len(item_rows)
 
 
 @dataclass(slots=True)

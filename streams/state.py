@@ -71,6 +71,9 @@ class Claimed:
 
     users: list[str]
     items: dict[str, int]  # item -> its oldest event not yet written (epoch ms)
+    # item -> counter fields this claim changed since the item's previous claim, where
+    # the store tracks them (Redis); None: unknown, recompute rows from all counters
+    item_deltas: dict[str, ItemCounters] | None = None
 
 
 class StreamState(Protocol):
@@ -93,7 +96,13 @@ class StreamState(Protocol):
         ...
 
     def load_items(self, item_ids: Iterable[str]) -> dict[str, tuple[ItemCounters, int]]:
-        """Counters and latest event time of these items."""
+        """Counters and latest event time of these items, as of the owner's latest claim
+        (a store that tracks deltas merges them at the claim). Callers must not mutate
+        the counters: a store may cache them."""
+        ...
+
+    def drop_caches(self) -> None:
+        """Forget cached reads: ownership changed, or a claim's outcome is unknown."""
         ...
 
     def release_dirty(self, partition: int, stale_item_fields: dict[str, list[str]]) -> None:

@@ -20,18 +20,36 @@ from streams.state import (
 )
 
 # Move dirty -> claimed unless a claim survives from before a crash, then list the claim.
-# Users are a set; items a sorted set scored by their oldest unwritten event time.
+# Users are a set; items a sorted set scored by their oldest unwritten event time. Each
+# claimed item's delta hash (ARGV[1] .. item, what commits added since) is merged into
+# its counters (ARGV[2] .. item) and returned: only the owner writes the counters, so
+# it can keep them cached and update its rows by the deltas alone.
 _CLAIM = """
 for i = 1, #KEYS, 2 do
   if redis.call('EXISTS', KEYS[i + 1]) == 0 and redis.call('EXISTS', KEYS[i]) == 1 then
     redis.call('RENAME', KEYS[i], KEYS[i + 1])
   end
 end
-return {redis.call('SMEMBERS', KEYS[2]), redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')}
+local items = redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')
+local deltas = {}
+for j = 1, #items, 2 do
+  local dkey = ARGV[1] .. items[j]
+  local d = redis.call('HGETALL', dkey)
+  if #d > 0 then
+    local key = ARGV[2] .. items[j]
+    for k = 1, #d, 2 do
+      redis.call('HINCRBY', key, d[k], d[k + 1])
+    end
+    redis.call('DEL', dkey)
+  end
+  deltas[#deltas + 1] = d
+end
+return {redis.call('SMEMBERS', KEYS[2]), items, deltas}
 """
 
 
-# All item counter increments of a batch in one call: ARGV = prefix, then one JSON object
+# All item counter increments of a batch, into the items' delta hashes (merged into the
+# counters when the owner claims them) in one call: ARGV = prefix, then one JSON object
 # {item: {field: n}}. One argument instead of three per field: packing those was most of
 # the commit's packing time (cjson is Redis's own). Counts are small integers, exact as
 # Lua numbers. Run with EVAL (see commit).
@@ -80,6 +98,9 @@ class RedisStreamState:
         self._claim = self._r.register_script(_CLAIM)
         self._hgetall: dict[str, bytes] = {}  # item -> its HGETALL frame
         self._field_names: dict[bytes, str] = {}  # counter fields repeat across items
+        # Counters of the items this owner claimed, as of its latest claim: exact, since
+        # only the owner's claim writes them. Cleared when ownership changes.
+        self._counters: dict[str, ItemCounters] = {}
 
     def _k(self, *parts: object) -> str:
         return ":".join((self._ns, *map(str, parts)))
@@ -111,7 +132,7 @@ class RedisStreamState:
                 mset += (f"{ns}:u:{u}", encode(s))
             commands.append(mset)
         if update.item_counts:
-            commands.append(("EVAL", _INCR, 0, f"{ns}:i:", _JSON.encode(update.item_counts)))
+            commands.append(("EVAL", _INCR, 0, f"{ns}:d:", _JSON.encode(update.item_counts)))
         if update.item_last:
             zadd: list[redis_wire.Arg] = ["ZADD", f"{ns}:ilast", "GT"]
             for item, ts in update.item_last.items():
@@ -138,36 +159,66 @@ class RedisStreamState:
 
     def claim_dirty(self, partition: int) -> Claimed:
         keys = [self._k(state, kind, partition) for kind in "ui" for state in ("dirty", "claimed")]
-        users, items = self._claim(keys=keys)
+        try:
+            users, items, deltas = self._claim(keys=keys, args=[self._k("d", ""), self._k("i", "")])
+        except BaseException:
+            self.drop_caches()  # the merge may have run without us seeing its deltas
+            raise
+        names = self._names()
+        cached = self._counters
+        item_deltas: dict[str, ItemCounters] = {}
+        for raw, flat in zip(items[::2], deltas, strict=True):
+            item = raw.decode()
+            delta = item_deltas[item] = {}
+            counters = cached.get(item)
+            for k, v in _pairs(flat):
+                name = names.get(k)
+                if name is None:
+                    name = names[k] = k.decode()
+                n = delta[name] = int(v)
+                if counters is not None:
+                    counters[name] = counters.get(name, 0) + n
         return Claimed(
             users=[u.decode() for u in users],
             items={
                 i.decode(): int(float(ts)) for i, ts in zip(items[::2], items[1::2], strict=True)
             },
+            item_deltas=item_deltas,
         )
+
+    def _names(self) -> dict[bytes, str]:
+        """Decoded counter field names (they repeat across items), bounded."""
+        if len(self._field_names) > _MAX_CACHED:
+            self._field_names.clear()
+        return self._field_names
 
     def load_items(self, item_ids: Iterable[str]) -> dict[str, tuple[ItemCounters, int]]:
         ids = list(item_ids)
         if not ids:
             return {}
-        frames = [self._hgetall_frame(item) for item in ids]
+        cached = self._counters
+        if len(cached) > _MAX_CACHED:
+            cached.clear()
+        missing = [item for item in ids if item not in cached]
+        frames = [self._hgetall_frame(item) for item in missing]
         frames.append(redis_wire.pack(("ZMSCORE", self._k("ilast"), *ids)))
         *hashes, lasts = redis_wire.round_trip(self._r, frames, len(frames))
-        names = self._field_names
-        if len(names) > _MAX_CACHED:
-            names.clear()
-        out: dict[str, tuple[ItemCounters, int]] = {}
-        for item, flat, last in zip(ids, hashes, lasts, strict=True):
-            if last is None:
-                continue
-            counters = {}
+        names = self._names()
+        for item, flat in zip(missing, hashes, strict=True):
+            counters = cached[item] = {}
             for k, v in _pairs(flat):
                 name = names.get(k)
                 if name is None:
                     name = names[k] = k.decode()
                 counters[name] = int(v)
-            out[item] = (counters, int(last))
+        out: dict[str, tuple[ItemCounters, int]] = {}
+        for item, last in zip(ids, lasts, strict=True):
+            if last is not None:
+                out[item] = (cached[item], int(last))
         return out
+
+    def drop_caches(self) -> None:
+        self._counters.clear()
 
     def _hgetall_frame(self, item: str) -> bytes:
         """`HGETALL {ns}:i:{item}` as RESP, cached: the owner reads the same items all day."""
@@ -189,6 +240,11 @@ class RedisStreamState:
                 if fields
             ],
         )
+        for item, fields in stale_item_fields.items():
+            counters = self._counters.get(item)
+            if counters is not None:
+                for f in fields:
+                    counters.pop(f, None)
         self._r.delete(*(self._k("claimed", kind, partition) for kind in "ui"))
 
     def load_counters(self) -> dict[str, float]:

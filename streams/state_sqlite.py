@@ -160,6 +160,9 @@ class SqliteStreamState:
             db.execute("ROLLBACK")
             raise
 
+    def drop_caches(self) -> None:
+        """Nothing cached: every read goes to the database (and claims return no deltas)."""
+
     def load_counters(self) -> dict[str, float]:
         return {k: float(v) for k, v in self._db.execute("SELECT name, value FROM counters")}
 

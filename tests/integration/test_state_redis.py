@@ -70,11 +70,6 @@ def test_commits_read_back_like_the_sqlite_state(state: RedisStreamState, tmp_pa
         )
         assert state.load_users(["u1"])["u1"]["last"] == 2000
         odd = 'ü"\\3'
-        items = state.load_items(["i1", "i 2", odd, "none"])
-        assert items == sqlite.load_items(["i1", "i 2", odd, "none"])
-        assert items["i1"] == ({"click:m1": 3, "i:h0": 1}, 100)
-        assert items[odd] == ({"click:m1": 40_000_000}, 1_800_000_000_000)
-        assert state.load_items([odd, "i1"]) == {odd: items[odd], "i1": items["i1"]}  # cached
         assert state.load_counters() == pytest.approx(sqlite.load_counters())
         assert state.load_counters() == pytest.approx({"w.bias": -0.25, "n.greedy": 1.0})
         marks = {"i1": 90, "i 2": 70, odd: 1_799_999_999_999}
@@ -82,8 +77,50 @@ def test_commits_read_back_like_the_sqlite_state(state: RedisStreamState, tmp_pa
             for s in (state, sqlite):
                 claimed = s.claim_dirty(p)
                 assert sorted(claimed.users) == users and claimed.items == its
+        # Redis merges the commits' deltas at the claim and says what they were.
+        assert claimed.item_deltas is None  # SQLite: unknown
+        items = state.load_items(["i1", "i 2", odd, "none"])
+        assert items == sqlite.load_items(["i1", "i 2", odd, "none"])
+        assert items["i1"] == ({"click:m1": 3, "i:h0": 1}, 100)
+        assert items[odd] == ({"click:m1": 40_000_000}, 1_800_000_000_000)
+        assert state.load_items([odd, "i1"]) == {odd: items[odd], "i1": items["i1"]}  # cached
     finally:
         sqlite.close()
+
+
+def test_claims_merge_item_deltas_into_the_counters_the_owner_caches(
+    state: RedisStreamState, redis_url: str
+) -> None:
+    def bump(counts: dict[str, dict[str, int]]) -> BatchUpdate:
+        return BatchUpdate(
+            topic="events",
+            item_counts=counts,
+            item_last=dict.fromkeys(counts, 100),
+            dirty_items={1: dict.fromkeys(counts, 100)},
+        )
+
+    state.commit(bump({"a": {"click:m1": 2, "i:h0": 2}, "b": {"view:h0": 1}}))
+    assert state.load_items(["a"]) == {"a": ({}, 100)}  # not claimed yet: nothing merged
+    state.drop_caches()
+    first = state.claim_dirty(1)
+    assert first.item_deltas == {"a": {"click:m1": 2, "i:h0": 2}, "b": {"view:h0": 1}}
+    assert state.load_items(["a", "b"]) == {
+        "a": ({"click:m1": 2, "i:h0": 2}, 100),
+        "b": ({"view:h0": 1}, 100),
+    }
+    state.commit(bump({"a": {"click:m1": 5, "click:m2": 1}}))  # while the claim is written
+    state.release_dirty(1, {"a": ["i:h0"]})  # a stale field leaves Redis and the cache
+    second = state.claim_dirty(1)
+    assert second.item_deltas == {"a": {"click:m1": 5, "click:m2": 1}}
+    expected = {"a": ({"click:m1": 7, "click:m2": 1}, 100)}
+    assert state.load_items(["a"]) == expected  # the cache, updated by the delta
+    fresh = RedisStreamState(redis_url, state._ns)  # what Redis itself holds
+    try:
+        assert fresh.load_items(["a"]) == expected
+        assert fresh.claim_dirty(1).item_deltas == {"a": {}}  # claimed again, as after a crash:
+        assert fresh.load_items(["a"]) == expected  # nothing is merged twice
+    finally:
+        fresh.close()
 
 
 def test_a_refused_command_aborts_the_whole_transaction(redis_client: redis.Redis) -> None:
