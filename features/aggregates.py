@@ -222,14 +222,46 @@ def stale_item_fields(counters: Iterable[str], last_ms: int) -> list[str]:
     return stale
 
 
+def _advance(
+    counters: dict[str, int],
+    delta: dict[str, int],
+    sums: dict[str, int],
+    before: int,
+    anchor: int,
+    stale: list[str],
+) -> None:
+    """Move window sums from anchor minute `before` to `anchor` (less than an hour on):
+    subtract the buckets left behind, as the counters held them before `delta`."""
+    left: list[tuple[str, str]] = [  # (field, sum it leaves)
+        (f"{t}:m{m}", f"{t}s_1h")
+        for m in range(before - WINDOW_MINUTES + 1, anchor - WINDOW_MINUTES + 1)
+        for t in ITEM_COUNTED
+    ]
+    per_hour = HOUR_MS // MINUTE_MS
+    for h in range(before // per_hour - WINDOW_HOURS + 1, anchor // per_hour - WINDOW_HOURS + 1):
+        left += [(f"{t}:h{h}", f"{t}s_24h") for t in ITEM_COUNTED]
+        left.append((f"i:h{h}", "popularity"))
+    for field, total in left:
+        n = counters.get(field)
+        if n is not None:
+            sums[total] -= n - delta.get(field, 0)
+            stale.append(field)
+
+
 class ItemWindows:
     """Item rows kept current by counter deltas, not by summing every bucket each time.
 
     An item that sees each event type every minute carries ~276 counter fields; summing
     them per row write cost ~0.5 ms an item (measured), 20x a fresh item. Here a row's
-    window sums are cached with their anchor minute: while the anchor stays, the next row
-    adds only the fields that changed; when it moves (about once a minute) or nothing is
-    cached, the row is summed in full. `item_features` is the reference it must equal.
+    window sums are cached with their anchor minute. The next row adds the fields that
+    changed; when the anchor moves on (every item's does at each minute), the buckets it
+    leaves behind are subtracted by name. Only with nothing cached, or an anchor that
+    jumped past the hour window, is a row summed in full. `item_features` is the
+    reference it must equal.
+
+    Deltas must be all that changed since the item's previous row, none in a bucket after
+    the previous anchor but for those that came with a later anchor (true of the Redis
+    state's claims: an item's latest time rises in the commit that adds its counts).
     """
 
     def __init__(self, cfg: AggregateConfig, max_items: int = 1 << 18) -> None:
@@ -252,9 +284,14 @@ class ItemWindows:
         anchor = last_ms // MINUTE_MS
         cached = self._sums.get(item)
         stale: list[str] = []
-        if delta is not None and cached is not None and cached[0] == anchor:
-            sums = cached[1]
-            _window_sums(delta.items(), last_ms, sums, stale)
+        if delta is not None and cached is not None and 0 <= anchor - cached[0] < WINDOW_MINUTES:
+            before, sums = cached
+            if anchor != before:
+                _advance(counters, delta, sums, before, anchor, stale)
+                self._sums[item] = (anchor, sums)
+            left = set(stale)  # buckets just left behind: a late event may have hit one
+            changed = ((f, n) for f, n in delta.items() if f not in left)
+            _window_sums(changed, last_ms, sums, stale)
         else:
             if len(self._sums) >= self._max:
                 self._sums.clear()
