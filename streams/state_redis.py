@@ -20,10 +20,12 @@ from streams.state import (
 )
 
 # Move dirty -> claimed unless a claim survives from before a crash, then list the claim.
-# Users are a set; items a sorted set scored by their oldest unwritten event time. Each
-# claimed item's delta hash (ARGV[1] .. item, what commits added since) is merged into
-# its counters (ARGV[2] .. item) and returned: only the owner writes the counters, so
-# it can keep them cached and update its rows by the deltas alone.
+# Users are a set; items a sorted set scored by their oldest unwritten event time.
+# Each claimed item's delta hash (ARGV[1] .. item: what commits added since its last
+# claim) becomes its claimed-delta hash (ARGV[2] .. item), returned with the claim. The
+# owner adds it to the item's counters and `release_dirty` stores them (one JSON string
+# an item) and drops the claimed deltas in one transaction: a crash before that finds
+# them again, after it finds none. Only the owner writes counters, so it caches them.
 _CLAIM = """
 for i = 1, #KEYS, 2 do
   if redis.call('EXISTS', KEYS[i + 1]) == 0 and redis.call('EXISTS', KEYS[i]) == 1 then
@@ -33,23 +35,26 @@ end
 local items = redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')
 local deltas = {}
 for j = 1, #items, 2 do
-  local dkey = ARGV[1] .. items[j]
-  local d = redis.call('HGETALL', dkey)
-  if #d > 0 then
-    local key = ARGV[2] .. items[j]
-    for k = 1, #d, 2 do
-      redis.call('HINCRBY', key, d[k], d[k + 1])
+  local new, claimed = ARGV[1] .. items[j], ARGV[2] .. items[j]
+  if redis.call('EXISTS', new) == 1 then
+    if redis.call('EXISTS', claimed) == 0 then
+      redis.call('RENAME', new, claimed)
+    else  -- a claim that was never released: fold the newer deltas into it
+      local d = redis.call('HGETALL', new)
+      for k = 1, #d, 2 do
+        redis.call('HINCRBY', claimed, d[k], d[k + 1])
+      end
+      redis.call('DEL', new)
     end
-    redis.call('DEL', dkey)
   end
-  deltas[#deltas + 1] = d
+  deltas[#deltas + 1] = redis.call('HGETALL', claimed)
 end
 return {redis.call('SMEMBERS', KEYS[2]), items, deltas}
 """
 
 
-# All item counter increments of a batch, into the items' delta hashes (merged into the
-# counters when the owner claims them) in one call: ARGV = prefix, then one JSON object
+# All item counter increments of a batch, into the items' delta hashes (claimed by their
+# owner) in one call: ARGV = prefix, then one JSON object
 # {item: {field: n}}. One argument instead of three per field: packing those was most of
 # the commit's packing time (cjson is Redis's own). Counts are small integers, exact as
 # Lua numbers. Run with EVAL (see commit).
@@ -66,7 +71,8 @@ end
 return 0
 """
 _JSON = msgspec.json.Encoder()
-_HGETALL = redis_wire.header(2) + redis_wire.bulk(b"HGETALL")
+_COUNTERS = msgspec.json.Decoder(dict[str, int])
+_GET = redis_wire.header(2) + redis_wire.bulk(b"GET")
 _MAX_CACHED = 1 << 18  # entries per read cache, then it starts over
 
 
@@ -96,11 +102,12 @@ class RedisStreamState:
         require_version(version)
         self._ns = namespace
         self._claim = self._r.register_script(_CLAIM)
-        self._hgetall: dict[str, bytes] = {}  # item -> its HGETALL frame
+        self._get: dict[str, bytes] = {}  # item -> the GET frame of its counters
         self._field_names: dict[bytes, str] = {}  # counter fields repeat across items
         # Counters of the items this owner claimed, as of its latest claim: exact, since
-        # only the owner's claim writes them. Cleared when ownership changes.
+        # only the owner writes them. Cleared when ownership changes or a write fails.
         self._counters: dict[str, ItemCounters] = {}
+        self._claimed: dict[str, ItemCounters] = {}  # the latest claim's deltas
 
     def _k(self, *parts: object) -> str:
         return ":".join((self._ns, *map(str, parts)))
@@ -159,17 +166,18 @@ class RedisStreamState:
 
     def claim_dirty(self, partition: int) -> Claimed:
         keys = [self._k(state, kind, partition) for kind in "ui" for state in ("dirty", "claimed")]
+        args = [self._k("d", ""), self._k("dc", "")]
         try:
-            users, items, deltas = self._claim(keys=keys, args=[self._k("d", ""), self._k("i", "")])
+            users, items, deltas = self._claim(keys=keys, args=args)
         except BaseException:
-            self.drop_caches()  # the merge may have run without us seeing its deltas
+            self.drop_caches()  # whether the claim ran is unknown
             raise
         names = self._names()
         cached = self._counters
-        item_deltas: dict[str, ItemCounters] = {}
+        claimed = self._claimed = {}
         for raw, flat in zip(items[::2], deltas, strict=True):
             item = raw.decode()
-            delta = item_deltas[item] = {}
+            delta = claimed[item] = {}
             counters = cached.get(item)
             for k, v in _pairs(flat):
                 name = names.get(k)
@@ -183,7 +191,7 @@ class RedisStreamState:
             items={
                 i.decode(): int(float(ts)) for i, ts in zip(items[::2], items[1::2], strict=True)
             },
-            item_deltas=item_deltas,
+            item_deltas=claimed,
         )
 
     def _names(self) -> dict[bytes, str]:
@@ -200,52 +208,55 @@ class RedisStreamState:
         if len(cached) > _MAX_CACHED:
             cached.clear()
         missing = [item for item in ids if item not in cached]
-        frames = [self._hgetall_frame(item) for item in missing]
+        frames = [self._get_frame(item) for item in missing]
         frames.append(redis_wire.pack(("ZMSCORE", self._k("ilast"), *ids)))
-        *hashes, lasts = redis_wire.round_trip(self._r, frames, len(frames))
-        names = self._names()
-        for item, flat in zip(missing, hashes, strict=True):
-            counters = cached[item] = {}
-            for k, v in _pairs(flat):
-                name = names.get(k)
-                if name is None:
-                    name = names[k] = k.decode()
-                counters[name] = int(v)
+        *blobs, lasts = redis_wire.round_trip(self._r, frames, len(frames))
+        for item, blob in zip(missing, blobs, strict=True):
+            counters = cached[item] = _COUNTERS.decode(blob) if blob else {}
+            for name, n in self._claimed.get(item, {}).items():  # claimed, not yet stored
+                counters[name] = counters.get(name, 0) + n
         out: dict[str, tuple[ItemCounters, int]] = {}
         for item, last in zip(ids, lasts, strict=True):
             if last is not None:
                 out[item] = (cached[item], int(last))
         return out
 
-    def drop_caches(self) -> None:
-        self._counters.clear()
-
-    def _hgetall_frame(self, item: str) -> bytes:
-        """`HGETALL {ns}:i:{item}` as RESP, cached: the owner reads the same items all day."""
-        frame = self._hgetall.get(item)
+    def _get_frame(self, item: str) -> bytes:
+        """`GET {ns}:ic:{item}` as RESP, cached: the owner reads the same items all day."""
+        frame = self._get.get(item)
         if frame is None:
-            if len(self._hgetall) > _MAX_CACHED:
-                self._hgetall.clear()
-            key = f"{self._ns}:i:{item}".encode()
-            frame = self._hgetall[item] = _HGETALL + redis_wire.bulk(key)
+            if len(self._get) > _MAX_CACHED:
+                self._get.clear()
+            frame = self._get[item] = _GET + redis_wire.bulk(self._k("ic", item).encode())
         return frame
 
+    def drop_caches(self) -> None:
+        self._counters.clear()
+        self._claimed = {}
+
     def release_dirty(self, partition: int, stale_item_fields: dict[str, list[str]]) -> None:
-        # Not one transaction: a crash between the two only re-deletes fields no window sees.
-        redis_wire.run(
-            self._r,
-            [
-                ("HDEL", self._k("i", item), *fields)
-                for item, fields in stale_item_fields.items()
-                if fields
-            ],
-        )
-        for item, fields in stale_item_fields.items():
-            counters = self._counters.get(item)
-            if counters is not None:
-                for f in fields:
-                    counters.pop(f, None)
-        self._r.delete(*(self._k("claimed", kind, partition) for kind in "ui"))
+        """Store the claimed items' counters (less their stale fields) and drop the claim,
+        in one transaction. An item claimed but never loaded keeps its claimed deltas."""
+        cached = self._counters
+        commands: list[Sequence[redis_wire.Arg]] = []
+        stored = []
+        for item in self._claimed:
+            counters = cached.get(item)
+            if counters is None:
+                continue
+            for f in stale_item_fields.get(item, ()):
+                counters.pop(f, None)
+            commands.append(("SET", self._k("ic", item), _JSON.encode(counters)))
+            stored.append(self._k("dc", item))
+        if stored:
+            commands.append(("DEL", *stored))
+        commands.append(("DEL", *(self._k("claimed", kind, partition) for kind in "ui")))
+        try:
+            redis_wire.transaction(self._r, commands)
+        except BaseException:
+            self.drop_caches()
+            raise
+        self._claimed = {}
 
     def load_counters(self) -> dict[str, float]:
         raw = self._r.hgetall(self._k("counters"))

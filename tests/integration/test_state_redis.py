@@ -88,7 +88,7 @@ def test_commits_read_back_like_the_sqlite_state(state: RedisStreamState, tmp_pa
         sqlite.close()
 
 
-def test_claims_merge_item_deltas_into_the_counters_the_owner_caches(
+def test_claimed_item_deltas_reach_the_stored_counters_exactly_once(
     state: RedisStreamState, redis_url: str
 ) -> None:
     def bump(counts: dict[str, dict[str, int]]) -> BatchUpdate:
@@ -99,8 +99,11 @@ def test_claims_merge_item_deltas_into_the_counters_the_owner_caches(
             dirty_items={1: dict.fromkeys(counts, 100)},
         )
 
+    def owner() -> RedisStreamState:  # another process: nothing cached
+        return RedisStreamState(redis_url, state._ns)
+
     state.commit(bump({"a": {"click:m1": 2, "i:h0": 2}, "b": {"view:h0": 1}}))
-    assert state.load_items(["a"]) == {"a": ({}, 100)}  # not claimed yet: nothing merged
+    assert state.load_items(["a"]) == {"a": ({}, 100)}  # not claimed yet: nothing stored
     state.drop_caches()
     first = state.claim_dirty(1)
     assert first.item_deltas == {"a": {"click:m1": 2, "i:h0": 2}, "b": {"view:h0": 1}}
@@ -109,18 +112,30 @@ def test_claims_merge_item_deltas_into_the_counters_the_owner_caches(
         "b": ({"view:h0": 1}, 100),
     }
     state.commit(bump({"a": {"click:m1": 5, "click:m2": 1}}))  # while the claim is written
-    state.release_dirty(1, {"a": ["i:h0"]})  # a stale field leaves Redis and the cache
+    state.release_dirty(1, {"a": ["i:h0"]})  # stored, less a stale field
     second = state.claim_dirty(1)
     assert second.item_deltas == {"a": {"click:m1": 5, "click:m2": 1}}
     expected = {"a": ({"click:m1": 7, "click:m2": 1}, 100)}
     assert state.load_items(["a"]) == expected  # the cache, updated by the delta
-    fresh = RedisStreamState(redis_url, state._ns)  # what Redis itself holds
+    crashed = owner()  # the owner died before releasing its second claim
     try:
-        assert fresh.load_items(["a"]) == expected
-        assert fresh.claim_dirty(1).item_deltas == {"a": {}}  # claimed again, as after a crash:
-        assert fresh.load_items(["a"]) == expected  # nothing is merged twice
+        assert crashed.claim_dirty(1).item_deltas == {"a": {"click:m1": 5, "click:m2": 1}}
+        state.commit(bump({"a": {"click:m2": 4}}))  # a newer delta joins the open claim
+        assert crashed.claim_dirty(1).item_deltas == {"a": {"click:m1": 5, "click:m2": 5}}
+        assert crashed.load_items(["a"]) == {"a": ({"click:m1": 7, "click:m2": 5}, 100)}
+        crashed.release_dirty(1, {})
     finally:
-        fresh.close()
+        crashed.close()
+    after = owner()
+    try:
+        # The third commit's mark still waits, but its delta went with the released claim.
+        assert after.claim_dirty(1).item_deltas == {"a": {}}
+        assert after.load_items(["a", "b"]) == {
+            "a": ({"click:m1": 7, "click:m2": 5}, 100),
+            "b": ({"view:h0": 1}, 100),
+        }
+    finally:
+        after.close()
 
 
 def test_a_refused_command_aborts_the_whole_transaction(redis_client: redis.Redis) -> None:
