@@ -167,7 +167,7 @@ def run_ingest_bench(
     workers: int = 2,
     rate: int = 0,
     archive_workers: int = 0,
-    warm_hours: int = 0,
+    warm_hours: int = 24,
 ) -> dict[str, Any]:
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))

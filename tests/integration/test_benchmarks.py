@@ -8,13 +8,14 @@ from benchmarks.ingest import run_ingest_bench
 from benchmarks.serve import run_serve_bench
 
 
-@pytest.mark.parametrize("archive_workers", [0, 1])
+@pytest.mark.parametrize(("archive_workers", "warm_hours"), [(0, 0), (1, 2)])
 def test_ingest_bench_with_two_workers_sees_every_marker(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch, archive_workers: int
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, archive_workers: int, warm_hours: int
 ) -> None:
     """Two feature workers in one group (archiving too, or beside an archive worker),
     paced producer: the run ends only once every partition's last event is readable
-    through Feast, both workers report freshness, and the archive covers every marker."""
+    through Feast, both workers report freshness, and the archive covers every marker.
+    Warmed, the items start with the counters of hours of stream."""
     monkeypatch.setenv("STREAMREC_REDIS_URL", redis_url)
     result = run_ingest_bench(
         events=3000,
@@ -24,9 +25,12 @@ def test_ingest_bench_with_two_workers_sees_every_marker(
         workers=2,
         rate=3000,
         archive_workers=archive_workers,
+        warm_hours=warm_hours,
     )
     assert result["events"] == 3000 and result["workers"] == 2
     assert result["archive_workers"] == archive_workers
+    # 2 hours of 3000/s over 100 items: about 60 minute and 8 hour fields an item
+    assert (result["warm_item_fields"] > 100 * 40) == (warm_hours > 0)
     assert result["archive_done_s"] >= result["produce_s"]
     assert (result["cores_used"]["archive workers"] is None) == (archive_workers == 0)
     assert result["events_per_s"] > 0
