@@ -97,8 +97,8 @@ class StreamState(Protocol):
 
     def load_items(self, item_ids: Iterable[str]) -> dict[str, tuple[ItemCounters, int]]:
         """Counters and latest event time of these items, as of the owner's latest claim
-        (a store that tracks deltas merges them at the claim). Callers must not mutate
-        the counters: a store may cache them."""
+        (a store that tracks deltas folds in what the claim returned: load the claimed
+        items). Callers must not mutate the counters: a store may cache them."""
         ...
 
     def drop_caches(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
 import msgspec
@@ -22,10 +23,11 @@ from streams.state import (
 # Move dirty -> claimed unless a claim survives from before a crash, then list the claim.
 # Users are a set; items a sorted set scored by their oldest unwritten event time.
 # Each claimed item's delta hash (ARGV[1] .. item: what commits added since its last
-# claim) becomes its claimed-delta hash (ARGV[2] .. item), returned with the claim. The
-# owner adds it to the item's counters and `release_dirty` stores them (one JSON string
-# an item) and drops the claimed deltas in one transaction: a crash before that finds
-# them again, after it finds none. Only the owner writes counters, so it caches them.
+# claim) is added to its claimed-delta hash (ARGV[2] .. item: everything since its
+# counters were last stored), which the claim returns. The owner adds the new part to
+# the counters it caches (only the owner writes counters), and `release_dirty` stores
+# them (one JSON string an item) and drops the claimed deltas in one transaction, at
+# most every `store_every_s` an item: a crash before that finds the deltas again.
 _CLAIM = """
 for i = 1, #KEYS, 2 do
   if redis.call('EXISTS', KEYS[i + 1]) == 0 and redis.call('EXISTS', KEYS[i]) == 1 then
@@ -93,7 +95,7 @@ def require_version(version: str) -> None:
 class RedisStreamState:
     """Keys live under `{namespace}:` so several groups or tests can share one Redis."""
 
-    def __init__(self, url: str, namespace: str) -> None:
+    def __init__(self, url: str, namespace: str, store_every_s: float = 1.0) -> None:
         try:
             self._r = redis.Redis.from_url(url, socket_timeout=10)
             version = str(self._r.info("server").get("redis_version", "0"))
@@ -107,7 +109,12 @@ class RedisStreamState:
         # Counters of the items this owner claimed, as of its latest claim: exact, since
         # only the owner writes them. Cleared when ownership changes or a write fails.
         self._counters: dict[str, ItemCounters] = {}
-        self._claimed: dict[str, ItemCounters] = {}  # the latest claim's deltas
+        # item -> its claimed deltas as Redis holds them (all since its counters were
+        # stored), and when they were last stored (monotonic seconds)
+        self._unstored: dict[str, ItemCounters] = {}
+        self._stored_at: dict[str, float] = {}
+        self._store_every_s = store_every_s
+        self._claimed: list[str] = []  # the latest claim's items
 
     def _k(self, *parts: object) -> str:
         return ":".join((self._ns, *map(str, parts)))
@@ -174,24 +181,32 @@ class RedisStreamState:
             raise
         names = self._names()
         cached = self._counters
-        claimed = self._claimed = {}
+        unstored = self._unstored
+        item_deltas: dict[str, ItemCounters] = {}
+        self._claimed = []
         for raw, flat in zip(items[::2], deltas, strict=True):
             item = raw.decode()
-            delta = claimed[item] = {}
+            self._claimed.append(item)
+            before = unstored.get(item, {})
+            total = unstored[item] = {}
+            delta = item_deltas[item] = {}
             counters = cached.get(item)
             for k, v in _pairs(flat):
                 name = names.get(k)
                 if name is None:
                     name = names[k] = k.decode()
-                n = delta[name] = int(v)
-                if counters is not None:
-                    counters[name] = counters.get(name, 0) + n
+                n = total[name] = int(v)
+                new = n - before.get(name, 0)
+                if new:
+                    delta[name] = new
+                    if counters is not None:
+                        counters[name] = counters.get(name, 0) + new
         return Claimed(
             users=[u.decode() for u in users],
             items={
                 i.decode(): int(float(ts)) for i, ts in zip(items[::2], items[1::2], strict=True)
             },
-            item_deltas=claimed,
+            item_deltas=item_deltas,
         )
 
     def _names(self) -> dict[bytes, str]:
@@ -213,7 +228,7 @@ class RedisStreamState:
         *blobs, lasts = redis_wire.round_trip(self._r, frames, len(frames))
         for item, blob in zip(missing, blobs, strict=True):
             counters = cached[item] = _COUNTERS.decode(blob) if blob else {}
-            for name, n in self._claimed.get(item, {}).items():  # claimed, not yet stored
+            for name, n in self._unstored.get(item, {}).items():  # claimed, not yet stored
                 counters[name] = counters.get(name, 0) + n
         out: dict[str, tuple[ItemCounters, int]] = {}
         for item, last in zip(ids, lasts, strict=True):
@@ -232,12 +247,15 @@ class RedisStreamState:
 
     def drop_caches(self) -> None:
         self._counters.clear()
-        self._claimed = {}
+        self._unstored.clear()
+        self._claimed = []
 
     def release_dirty(self, partition: int, stale_item_fields: dict[str, list[str]]) -> None:
-        """Store the claimed items' counters (less their stale fields) and drop the claim,
-        in one transaction. An item claimed but never loaded keeps its claimed deltas."""
-        cached = self._counters
+        """Drop the claim; store the counters (less their stale fields) of claimed items
+        not stored for `store_every_s`, dropping their claimed deltas in the same
+        transaction. An item claimed but never loaded keeps its claimed deltas."""
+        cached, unstored, stored_at = self._counters, self._unstored, self._stored_at
+        due = time.monotonic() - self._store_every_s
         commands: list[Sequence[redis_wire.Arg]] = []
         stored = []
         for item in self._claimed:
@@ -246,17 +264,24 @@ class RedisStreamState:
                 continue
             for f in stale_item_fields.get(item, ()):
                 counters.pop(f, None)
-            commands.append(("SET", self._k("ic", item), _JSON.encode(counters)))
-            stored.append(self._k("dc", item))
+            if stored_at.get(item, 0.0) <= due:
+                commands.append(("SET", self._k("ic", item), _JSON.encode(counters)))
+                stored.append(item)
         if stored:
-            commands.append(("DEL", *stored))
+            commands.append(("DEL", *(self._k("dc", item) for item in stored)))
         commands.append(("DEL", *(self._k("claimed", kind, partition) for kind in "ui")))
         try:
             redis_wire.transaction(self._r, commands)
         except BaseException:
             self.drop_caches()
             raise
-        self._claimed = {}
+        now = time.monotonic()
+        for item in stored:
+            unstored.pop(item, None)
+            stored_at[item] = now
+        if len(stored_at) > _MAX_CACHED:
+            stored_at.clear()
+        self._claimed = []
 
     def load_counters(self) -> dict[str, float]:
         raw = self._r.hgetall(self._k("counters"))

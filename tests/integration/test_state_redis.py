@@ -121,7 +121,7 @@ def test_claimed_item_deltas_reach_the_stored_counters_exactly_once(
     try:
         assert crashed.claim_dirty(1).item_deltas == {"a": {"click:m1": 5, "click:m2": 1}}
         state.commit(bump({"a": {"click:m2": 4}}))  # a newer delta joins the open claim
-        assert crashed.claim_dirty(1).item_deltas == {"a": {"click:m1": 5, "click:m2": 5}}
+        assert crashed.claim_dirty(1).item_deltas == {"a": {"click:m2": 4}}  # what is new
         assert crashed.load_items(["a"]) == {"a": ({"click:m1": 7, "click:m2": 5}, 100)}
         crashed.release_dirty(1, {})
     finally:
@@ -134,6 +134,45 @@ def test_claimed_item_deltas_reach_the_stored_counters_exactly_once(
             "a": ({"click:m1": 7, "click:m2": 5}, 100),
             "b": ({"view:h0": 1}, 100),
         }
+    finally:
+        after.close()
+
+
+def test_counters_stored_seldom_still_come_back_whole_after_a_crash(
+    state: RedisStreamState, redis_url: str
+) -> None:
+    """Between two stores the claimed deltas pile up in Redis; the owner takes only the
+    new part each claim, and a new owner gets the stored counters plus the pile."""
+    seldom = RedisStreamState(redis_url, state._ns, store_every_s=3600)
+
+    def step(owner: RedisStreamState, n: int) -> dict[str, int] | None:
+        state.commit(
+            BatchUpdate(
+                topic="events",
+                item_counts={"a": {"click:m1": n}},
+                item_last={"a": 100},
+                dirty_items={1: {"a": 100}},
+            )
+        )
+        deltas = owner.claim_dirty(1).item_deltas
+        assert owner.load_items(["a"])  # the owner reads what it claimed
+        owner.release_dirty(1, {})
+        return None if deltas is None else deltas["a"]
+
+    try:
+        assert step(seldom, 1) == {"click:m1": 1}  # stored: never stored before
+        assert step(seldom, 2) == {"click:m1": 2}  # not stored again for an hour
+        assert step(seldom, 4) == {"click:m1": 4}
+        assert seldom.load_items(["a"]) == {"a": ({"click:m1": 7}, 100)}
+        assert RedisStreamState(redis_url, state._ns).load_items(["a"]) == {
+            "a": ({"click:m1": 1}, 100)  # only what was stored, without a claim
+        }
+    finally:
+        seldom.close()  # the owner dies with two claims' deltas unstored
+    after = RedisStreamState(redis_url, state._ns)
+    try:
+        assert step(after, 8) == {"click:m1": 14}  # the pile and the new events
+        assert after.load_items(["a"]) == {"a": ({"click:m1": 15}, 100)}
     finally:
         after.close()
 
