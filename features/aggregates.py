@@ -272,6 +272,10 @@ class ItemWindows:
     def clear(self) -> None:
         self._sums.clear()
 
+    def forget(self, item: str) -> None:
+        """Drop an item whose changes will not all reach `row` (it was claimed unread)."""
+        self._sums.pop(item, None)
+
     def row(
         self,
         item: str,

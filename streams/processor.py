@@ -245,6 +245,9 @@ class FeatureProcessor:
         for i, (c, last) in items.items():
             row, stale[i] = windows.row(i, c, last, None if deltas is None else deltas.get(i))
             item_rows.append((i, row, last))
+        if len(items) < len(claimed.items):  # claimed without a latest time: no row now
+            for i in claimed.items.keys() - items.keys():
+                windows.forget(i)
         if user_rows:
             self._writer.write(USER_VIEW, USER_KEY, user_rows)
         if item_rows:
