@@ -164,9 +164,11 @@ def test_counters_stored_seldom_still_come_back_whole_after_a_crash(
         assert step(seldom, 2) == {"click:m1": 2}  # not stored again for an hour
         assert step(seldom, 4) == {"click:m1": 4}
         assert seldom.load_items(["a"]) == {"a": ({"click:m1": 7}, 100)}
-        assert RedisStreamState(redis_url, state._ns).load_items(["a"]) == {
-            "a": ({"click:m1": 1}, 100)  # only what was stored, without a claim
-        }
+        reader = RedisStreamState(redis_url, state._ns)
+        try:  # without a claim: only what was stored
+            assert reader.load_items(["a"]) == {"a": ({"click:m1": 1}, 100)}
+        finally:
+            reader.close()
     finally:
         seldom.close()  # the owner dies with two claims' deltas unstored
     after = RedisStreamState(redis_url, state._ns)
