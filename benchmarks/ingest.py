@@ -45,6 +45,7 @@ from features.repo import apply
 from streamrec.errors import StreamrecError
 from streamrec.settings import load_settings
 from streamrec.simulation import World, WorldParams
+from streams.archive import read_checkpoint
 from streams.broker import EmbeddedBroker, free_port, stop_process
 from streams.demo import settings_env
 from streams.local_redis import start_redis_server
@@ -114,15 +115,6 @@ def _start_workers(
     for proc in procs:
         _wait_ready(proc, 60)
     return list(zip(procs[:n], stats_paths, strict=True)), procs[n:]
-
-
-def _archived(archive_dir: Path, topic: str, partition: int) -> int:
-    """The archive's checkpoint of a partition: the last offset it has made durable."""
-    path = archive_dir / "_checkpoints" / topic / f"p{partition}"
-    try:
-        return int(path.read_text())
-    except (OSError, ValueError):  # not written yet, or replaced mid-read
-        return -1
 
 
 def _bodies(payloads: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
@@ -326,6 +318,13 @@ def run_ingest_bench(
             "cpu_count": os.cpu_count(),
             "cores_used": cores,
         }
+
+
+def _archived(archive: Path, topic: str, partition: int) -> int:
+    try:
+        return read_checkpoint(archive, topic, partition)
+    except (OSError, ValueError):  # replaced mid-read
+        return -1
 
 
 def _wait_archived(archive: Path, topic: str, last: dict[int, int], started: float) -> float:

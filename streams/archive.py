@@ -68,6 +68,17 @@ def _hour_dir(hour: int) -> str:
     return f"date={t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}/hour={t.tm_hour:02d}"
 
 
+def checkpoint_file(root: Path, topic: str, partition: int) -> Path:
+    """Where the archive keeps a partition's checkpoint: the last offset it made durable."""
+    return root / "_checkpoints" / topic / f"p{partition}"
+
+
+def read_checkpoint(root: Path, topic: str, partition: int) -> int:
+    """A partition's archive checkpoint (-1: none yet)."""
+    path = checkpoint_file(root, topic, partition)
+    return int(path.read_text()) if path.exists() else -1
+
+
 class ArchiveSink:
     """Buffers valid events per partition and flushes them to Parquet with checkpoints.
 
@@ -83,8 +94,7 @@ class ArchiveSink:
         self._topic = topic
         self._flush_rows = flush_rows
         self._flush_s = flush_s
-        self._ckpt_dir = root / "_checkpoints" / topic
-        self._ckpt_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint_file(root, topic, 0).parent.mkdir(parents=True, exist_ok=True)
         self._staged: dict[int, list[tuple[int, Event]]] = defaultdict(list)  # not yet encoded
         self._encoded: dict[int, dict[int, list[pa.RecordBatch]]] = {}  # partition -> hour ->
         self._span: dict[int, tuple[int, int]] = {}  # partition -> (first, last) buffered offset
@@ -99,12 +109,11 @@ class ArchiveSink:
     # --- recovery --------------------------------------------------------------------
 
     def _ckpt(self, partition: int) -> Path:
-        return self._ckpt_dir / f"p{partition}"
+        return checkpoint_file(self._root, self._topic, partition)
 
     def recover(self, partition: int) -> int:
         """Load the checkpoint of a newly assigned partition and drop uncommitted files."""
-        path = self._ckpt(partition)
-        ckpt = int(path.read_text()) if path.exists() else -1
+        ckpt = read_checkpoint(self._root, self._topic, partition)
         removed = 0
         for f in self._root.glob(f"date=*/hour=*/part-{self._topic}-p{partition}-*.parquet"):
             first = int(f.stem.rsplit("-", 2)[1])

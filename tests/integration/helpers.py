@@ -20,6 +20,7 @@ from features.repo import apply, open_store
 from streamrec.events import Event, validate_event
 from streamrec.settings import Settings
 from streamrec.simulation import World, WorldParams
+from streams.archive import read_checkpoint
 from streams.demo import settings_env
 from streams.producer import EventProducer
 from streams.sinks import aggregate_config
@@ -101,9 +102,8 @@ def archive_rows(settings: Settings) -> int:
 
 def archived_offsets(settings: Settings) -> int:
     """Messages the archive has checkpointed, over all partitions (its durable position)."""
-    ckpts = settings.archive_dir / "_checkpoints" / settings.events_topic
-    files = [f for f in ckpts.glob("p*") if not f.suffix] if ckpts.exists() else []  # not .tmp
-    return sum(int(f.read_text()) + 1 for f in files)
+    topic, root = settings.events_topic, settings.archive_dir
+    return sum(read_checkpoint(root, topic, p) + 1 for p in range(settings.topic_partitions))
 
 
 def prepare(settings: Settings) -> None:
